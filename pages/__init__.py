@@ -1,0 +1,149 @@
+"""What every page of scHelix Studio shares: the workspace, the sidebar checklist, messages.
+
+(Streamlit does not list ``__init__.py`` as a page.) Pages import it as ``import pages as ui``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import anndata as ad
+import streamlit as st
+
+from schelix.errors import SchelixError
+from schelix.workspace import STEP_LABELS, STEPS, Workspace
+
+PAGES = {
+    "home": "app.py",
+    "data": "pages/1_Data.py",
+    "qc": "pages/2_QC.py",
+    "anchors": "pages/3_Anchor_genes.py",
+    "train": "pages/4_Train.py",
+    "trajectory": "pages/5_Trajectory.py",
+    "metrics": "pages/6_Metrics.py",
+    "export": "pages/7_Export.py",
+}
+_ICON = {"done": ":material/check_circle:", "stale": ":material/warning:",
+         "todo": ":material/radio_button_unchecked:"}
+_WORD = {"done": "done", "stale": "stale: run again", "todo": "to do"}
+
+
+def setup(title: str) -> None:
+    """Page config (must come first on every page)."""
+    st.set_page_config(page_title=f"scHelix Studio · {title}", page_icon=":material/genetics:",
+                       layout="wide")
+
+
+def workspace() -> Workspace | None:
+    """The session's workspace: from Session State, else from the URL (``?ws=<id>``)."""
+    wid = st.session_state.get("ws_id") or st.query_params.get("ws")
+    if not wid:
+        return None
+    try:
+        ws = Workspace.open(str(wid))
+    except SchelixError as err:
+        st.warning(str(err))
+        st.session_state.pop("ws_id", None)
+        st.query_params.pop("ws", None)
+        return None
+    use_workspace(ws)
+    return ws
+
+
+def use_workspace(ws: Workspace) -> None:
+    """Make ``ws`` this session's workspace and put its id in the URL (a reload finds it)."""
+    st.session_state["ws_id"] = ws.id
+    if st.query_params.get("ws") != ws.id:
+        st.query_params["ws"] = ws.id
+
+
+def sidebar(ws: Workspace | None) -> None:
+    """The checklist of steps (done / stale / to do) with links."""
+    with st.sidebar:
+        st.page_link(PAGES["home"], label="Home: data, earlier workspaces", icon=":material/home:")
+        st.markdown("### Your analysis")
+        if ws is None:
+            st.caption("No data yet: start on the home page.")
+            return
+        st.caption(f"Workspace `{ws.id}` {('· ' + ws.name) if ws.name else ''}")
+        status = ws.statuses()
+        for step in STEPS:
+            st.page_link(PAGES[step], label=f"{STEP_LABELS[step]} — {_WORD[status[step]]}",
+                         icon=_ICON[status[step]])
+        st.page_link(PAGES["trajectory"], label="Trajectory (view of the training)",
+                     icon=":material/timeline:")
+        st.caption("Stale = an earlier step was changed after this one ran: run it again.")
+
+
+def require(ws: Workspace | None, step: str) -> Workspace:
+    """Stop the page with a plain message unless the steps before ``step`` are done."""
+    if ws is None:
+        st.info("Start on the home page: use the demo data or upload your own file.")
+        st.page_link(PAGES["home"], label="Go to the home page", icon=":material/home:")
+        st.stop()
+    missing = ws.ready(step)
+    if missing is not None:
+        word = "is stale" if ws.status(missing) == "stale" else "is not done yet"
+        st.info(f"The step **{STEP_LABELS[missing]}** {word}; this page needs it.")
+        st.page_link(PAGES[missing], label=f"Go to {STEP_LABELS[missing]}", icon=":material/arrow_forward:")
+        st.stop()
+    return ws
+
+
+def stale_banner(ws: Workspace, step: str) -> None:
+    """A banner when this step's results were made before an earlier step changed."""
+    if ws.status(step) == "stale":
+        st.warning(
+            f"The **{STEP_LABELS[step]}** results shown here were made with earlier settings of a "
+            "previous step. They are kept, but they no longer match: run this step again."
+        )
+
+
+@contextlib.contextmanager
+def guard(what: str, *, keep: str | None = None) -> Iterator[None]:
+    """Show any error of ``what`` as a message in the page (never a traceback); keep going.
+
+    With ``keep`` (a Session State key) the message stays on the page across reruns until the
+    next success (see :func:`kept_error`).
+    """
+    message = None
+    try:
+        yield
+    except SchelixError as err:
+        message = f"{what}: {err}"
+    except Exception as err:  # the app must never show a traceback
+        message = (f"{what} failed ({type(err).__name__}: {err}). Nothing you made before was lost; "
+                   "check your settings and try again.")
+    if keep is not None:
+        st.session_state[keep] = message
+    elif message:
+        st.error(message)
+
+
+def kept_error(keep: str) -> None:
+    """Show the message :func:`guard` kept under ``keep``, if any."""
+    if st.session_state.get(keep):
+        st.error(st.session_state[keep])
+
+
+@st.cache_resource(max_entries=3, show_spinner="Reading the data…")
+def _read(path: str, mtime: float) -> ad.AnnData:
+    return ad.read_h5ad(path)
+
+
+def load(ws: Workspace, step: str) -> ad.AnnData:
+    """The AnnData of ``step`` (cached while the file is unchanged). Do not modify it: copy first."""
+    path = ws.adata_path(step)
+    if not path.is_file():
+        raise SchelixError(f"The '{STEP_LABELS[step]}' step has no result yet", "run that step first")
+    return _read(str(path), path.stat().st_mtime)
+
+
+def next_link(page: str, label: str) -> None:
+    st.page_link(PAGES[page], label=label, icon=":material/arrow_forward:")
+
+
+def job_dir(ws: Workspace, name: str) -> Path:
+    return ws.subdir(f"jobs/{name}")

@@ -1,0 +1,57 @@
+"""scHelix: asymmetric dual-stream single-cell integration via anchor/variant gene split.
+
+Quick start::
+
+    import schelix
+    adata = schelix.read("data.h5ad", batch_key="batch")
+    adata = schelix.pp.preprocess(adata, batch_key="batch")
+    schelix.SCHelix.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    model = schelix.SCHelix(adata)
+    model.train()
+    adata.obsm["X_schelix"] = model.get_latent_representation()
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from schelix.errors import SchelixError, SchelixWarning
+
+__version__ = "0.1.0"
+
+# Submodules and names are loaded lazily so that `import schelix` (and the CLI's
+# --help) stays fast; torch, scanpy and jax are only imported when used.
+_LAZY = {
+    "pp": "schelix.preprocess",
+    "preprocess": "schelix.preprocess",
+    "io": "schelix.io",
+    "anchors": "schelix.anchors",
+    "gate": "schelix.gate",
+    "datasets": "schelix.datasets",
+    "evaluate": "schelix.evaluate",
+    "methods": "schelix.methods",
+    "train": "schelix.train",
+    "pipeline": "schelix.pipeline",
+    "compare": "schelix.compare",
+    "report": "schelix.report",
+    "plots": "schelix.plots",
+    "jobs": "schelix.jobs",
+    "workspace": "schelix.workspace",
+}
+_LAZY_ATTR = {
+    "SCHelix": ("schelix.helix", "SCHelix"),
+    "SCHelixConfig": ("schelix.config", "SCHelixConfig"),
+    "read": ("schelix.io", "read"),
+}
+
+__all__ = ["SchelixError", "SchelixWarning", "__version__", *_LAZY, *_LAZY_ATTR]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(_LAZY[name])
+    if name in _LAZY_ATTR:
+        mod, attr = _LAZY_ATTR[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module 'schelix' has no attribute {name!r}")

@@ -1,0 +1,308 @@
+"""Anchor discovery: the discriminability–sensitivity quadrant (SPEC §2, paper §3.2, Alg. 1).
+
+``score_genes`` computes, on the HVG pool, a domain-sensitivity score (Eq. 1) and a
+structure-separability score over pseudo-clusters (Eq. 2), both z-scored.
+``quadrant`` is the pure anchor rule of Eq. 3 (a mask over cached scores, cheap
+enough for a slider) and ``split_anchors`` writes the anchor/variant split.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from schelix.errors import SchelixError, SchelixWarning
+
+__all__ = ["STREAMS", "gene_profile", "quadrant", "score_genes", "split_anchors", "suggest_thresholds"]
+
+EPS = 1e-8
+STREAMS = ("anchor", "variant", "unused")
+_SCORE_COLS = ("schelix_s_dom", "schelix_z_dom", "schelix_s_str", "schelix_z_str")
+
+
+def _uns(adata: AnnData) -> dict:
+    if not isinstance(adata.uns.get("schelix"), dict):
+        adata.uns["schelix"] = {}
+    return adata.uns["schelix"]
+
+
+def _check_batch(adata: AnnData, batch_key: str) -> pd.Categorical:
+    if batch_key not in adata.obs:
+        raise SchelixError(f"Batch column {batch_key!r} is not in adata.obs",
+                           f"choose one of: {', '.join(map(repr, adata.obs.columns))}")
+    batch = pd.Categorical(adata.obs[batch_key].astype(str))
+    if len(batch.categories) < 2:
+        raise SchelixError(f"Batch column {batch_key!r} has only one batch",
+                           "anchor discovery needs at least two batches; pick another batch column")
+    return batch
+
+
+def _hvg_mask(adata: AnnData) -> np.ndarray:
+    if "highly_variable" not in adata.var:
+        warnings.warn("var['highly_variable'] is missing: scoring all genes as the HVG pool",
+                      SchelixWarning, stacklevel=3)
+        return np.ones(adata.n_vars, dtype=bool)
+    return adata.var["highly_variable"].to_numpy(dtype=bool)
+
+
+def indicator(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
+    """Sparse ``n_groups x n_cells`` one-hot matrix of integer group codes (for group sums)."""
+    n = len(codes)
+    return sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_groups, n))
+
+
+def group_moments(x: sp.spmatrix | np.ndarray, codes: np.ndarray,
+                  n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group cell counts, sums and sums of squares of every column, sparse-aware.
+
+    Returns ``(n, s1, s2)`` with shapes ``(n_groups,)``, ``(n_groups, G)``, ``(n_groups, G)``
+    in float64. Only indicator-matrix products are used, so a sparse ``x`` stays sparse.
+    """
+    ind = indicator(codes, n_groups)
+    x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, np.float64)
+    sq = x.multiply(x) if sp.issparse(x) else x * x
+    s1, s2 = ind @ x, ind @ sq
+    s1 = s1.toarray() if sp.issparse(s1) else np.asarray(s1)
+    s2 = s2.toarray() if sp.issparse(s2) else np.asarray(s2)
+    return np.asarray(ind.sum(axis=1)).ravel(), s1, s2
+
+
+def _zscore(s: np.ndarray) -> np.ndarray:
+    sd = s.std()
+    return (s - s.mean()) / sd if sd > 0 else np.zeros_like(s)
+
+
+def leiden_labels(conn: sp.spmatrix, *, resolution: float, seed: int) -> pd.Categorical:
+    """Leiden (igraph flavour, seeded) on a connectivity graph; labels ``"0", "1", ...``."""
+    import scanpy as sc
+
+    tmp = AnnData(obs=pd.DataFrame(index=[str(i) for i in range(conn.shape[0])]))
+    sc.tl.leiden(tmp, resolution=resolution, adjacency=conn, flavor="igraph", n_iterations=2,
+                 directed=False, random_state=seed, key_added="c")
+    return pd.Categorical(tmp.obs["c"].astype(str),
+                          categories=sorted(tmp.obs["c"].astype(str).unique(), key=int))
+
+
+def score_genes(adata: AnnData, *, batch_key: str, n_pcs: int = 50, n_neighbors: int = 15,
+                resolution: float = 1.0, seed: int = 0) -> None:
+    """Score every HVG for domain sensitivity (Eq. 1) and structure separability (Eq. 2).
+
+    Pseudo-clusters come from PCA -> kNN -> Leiden on the HVG matrix. The PCA runs on the
+    HVGs *scaled to unit variance* (centering is implicit, so the sparse matrix is never
+    densified): unscaled, a handful of highly expressed genes dominate the PCs and the
+    pseudo-clusters mostly reflect them; scaled, every HVG gets an equal vote, which is what
+    the per-gene separability score then judges, and it is the same view as SPEC's
+    Diagnostic I (PCA on scaled genes) and scanpy's standard workflow.
+
+    Parameters
+    ----------
+    adata
+        Preprocessed AnnData: log-normalized ``X`` over all QC genes, ``var["highly_variable"]``
+        marks the HVG pool (all genes are used if it is missing).
+    batch_key
+        Column of ``adata.obs`` with the batch (domain) labels.
+    n_pcs, n_neighbors, resolution
+        PCA components, kNN neighbours and Leiden resolution of the pseudo-clusters.
+    seed
+        Seed of PCA and Leiden.
+
+    Writes ``var["schelix_s_dom"/"schelix_z_dom"/"schelix_s_str"/"schelix_z_str"]`` (NaN outside
+    the HVG pool), ``obs["schelix_pseudo_cluster"]``, ``obsm["X_schelix_pca"]``, the kNN graph
+    ``obsp["schelix_connectivities"/"schelix_distances"]`` (scanpy neighbors,
+    ``key_added="schelix"``; its keys are merged into ``uns["schelix"]`` so that
+    ``neighbors_key="schelix"`` works) and ``uns["schelix"]["anchor_scores"]``.
+    """
+    import scanpy as sc
+
+    batch = _check_batch(adata, batch_key)
+    hvg = _hvg_mask(adata)
+    x = adata.X[:, hvg]
+    x = sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x) else sp.csr_matrix(np.asarray(x, np.float32))
+    if x.nnz and x.data.max() > 50 and np.all(np.mod(x.data[:1000], 1) == 0):
+        warnings.warn("adata.X looks like raw counts; anchor scores expect log-normalized X "
+                      "(run schelix.pp.normalize first)", SchelixWarning, stacklevel=2)
+    n_cells, n_hvg = x.shape
+    if n_hvg < 3 or n_cells < 3:
+        raise SchelixError(f"Only {n_cells} cells x {n_hvg} HVGs to score",
+                           "use more cells/genes (anchor discovery needs a real HVG pool)")
+
+    # Eq. 1: domain sensitivity from per-batch means (indicator products, stays sparse)
+    _, tot1, tot2 = group_moments(x, np.zeros(n_cells, dtype=int), 1)
+    mu_all = tot1[0] / n_cells
+    sd_all = np.sqrt(np.maximum(tot2[0] / n_cells - mu_all**2, 0.0))
+    nb, sb, _ = group_moments(x, batch.codes.astype(int), len(batch.categories))
+    mu_b = sb / np.maximum(nb, 1)[:, None]
+    s_dom = np.abs(mu_b[nb > 0] - mu_all).mean(axis=0) / (sd_all + EPS)
+
+    # pseudo-clusters: PCA (scaled HVGs) -> kNN -> Leiden
+    n_comps = int(min(n_pcs, n_hvg - 1, n_cells - 1))
+    if n_comps < n_pcs:
+        warnings.warn(f"n_pcs lowered from {n_pcs} to {n_comps} (data too small)", SchelixWarning,
+                      stacklevel=2)
+    xs = sp.csr_matrix(x.multiply(1.0 / np.maximum(sd_all, EPS)[None, :]), dtype=np.float32)
+    tmp = AnnData(X=xs)
+    sc.pp.pca(tmp, n_comps=n_comps, zero_center=True, random_state=seed)
+    adata.obsm["X_schelix_pca"] = tmp.obsm["X_pca"].astype(np.float32)
+    previous = dict(_uns(adata))
+    sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep="X_schelix_pca", key_added="schelix",
+                    random_state=seed)
+    adata.uns["schelix"] = {**previous, **dict(adata.uns["schelix"])}  # scanpy replaced it
+    clusters = leiden_labels(adata.obsp["schelix_connectivities"], resolution=resolution, seed=seed)
+    adata.obs["schelix_pseudo_cluster"] = pd.Series(clusters, index=adata.obs_names)
+
+    # Eq. 2: one-way ANOVA variance ratio (mean squares) across pseudo-clusters
+    k = len(clusters.categories)
+    nc, sc1, sc2 = group_moments(x, clusters.codes.astype(int), k)
+    mu_c = sc1 / np.maximum(nc, 1)[:, None]
+    ss_between = (nc[:, None] * (mu_c - mu_all) ** 2).sum(axis=0)
+    ss_within = np.maximum(sc2 - sc1 * mu_c, 0.0).sum(axis=0)
+    var_between = ss_between / max(k - 1, 1)
+    var_within = ss_within / max(n_cells - k, 1)
+    s_str = var_between / (var_within + EPS)
+
+    z_dom, z_str = _zscore(s_dom), _zscore(np.log(s_str + EPS))
+    for col, vals in zip(_SCORE_COLS, (s_dom, z_dom, s_str, z_str)):
+        full = np.full(adata.n_vars, np.nan)
+        full[hvg] = vals
+        adata.var[col] = full
+    _uns(adata)["anchor_scores"] = {
+        "batch_key": batch_key, "n_pcs": n_comps, "n_neighbors": int(n_neighbors),
+        "resolution": float(resolution), "seed": int(seed), "scaled_pca": True,
+        "n_hvg": int(n_hvg), "n_pseudo_clusters": int(k), "eps": EPS,
+        "pca_variance_ratio": np.asarray(tmp.uns["pca"]["variance_ratio"], dtype=np.float64),
+    }
+
+
+def quadrant(z_dom: np.ndarray, z_str: np.ndarray, *, tau_dom: float = 0.0,
+             tau_str: float = 0.0) -> np.ndarray:
+    """Anchor mask of Eq. 3: ``z_dom <= tau_dom and z_str >= tau_str`` (NaN -> False).
+
+    Pure and vectorised (no re-clustering), so the app can call it on every slider move.
+    """
+    z_dom = np.asarray(z_dom, dtype=np.float64)
+    z_str = np.asarray(z_str, dtype=np.float64)
+    return (z_dom <= tau_dom) & (z_str >= tau_str)
+
+
+def suggest_thresholds(z_dom: np.ndarray, z_str: np.ndarray, *, tau_dom: float = 0.0,
+                       tau_str: float = 0.0, min_genes: int = 20) -> tuple[float, float, int, int] | None:
+    """Thresholds closest to ``(tau_dom, tau_str)`` giving >= ``min_genes`` genes on each side.
+
+    Candidates are the 5 %..95 % quantiles of each score (plus 0 and the current values).
+    Returns ``(tau_dom, tau_str, n_anchor, n_variant)`` or ``None`` if no candidate works.
+    """
+    z_dom, z_str = np.asarray(z_dom, float), np.asarray(z_str, float)
+    pool = np.isfinite(z_dom) & np.isfinite(z_str)
+    zd, zs = z_dom[pool], z_str[pool]
+    if len(zd) < 2 * min_genes:
+        return None
+    qs = np.linspace(0.05, 0.95, 19)
+    cd = np.unique(np.round(np.r_[np.quantile(zd, qs), tau_dom, 0.0], 3))
+    cs = np.unique(np.round(np.r_[np.quantile(zs, qs), tau_str, 0.0], 3))
+    n_anchor = ((zd[:, None, None] <= cd[None, :, None]) & (zs[:, None, None] >= cs[None, None, :])).sum(0)
+    valid = (n_anchor >= min_genes) & (len(zd) - n_anchor >= min_genes)
+    if not valid.any():
+        return None
+    dist = (cd[:, None] - tau_dom) ** 2 + (cs[None, :] - tau_str) ** 2
+    i, j = np.unravel_index(np.argmin(np.where(valid, dist, np.inf)), dist.shape)
+    return float(cd[i]), float(cs[j]), int(n_anchor[i, j]), int(len(zd) - n_anchor[i, j])
+
+
+def _scores(adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
+    if any(c not in adata.var for c in _SCORE_COLS):
+        raise SchelixError("Anchor scores are missing from adata.var",
+                           "run schelix.anchors.score_genes(adata, batch_key=...) first")
+    return (adata.var["schelix_z_dom"].to_numpy(np.float64),
+            adata.var["schelix_z_str"].to_numpy(np.float64))
+
+
+def split_anchors(adata: AnnData, *, tau_dom: float = 0.0, tau_str: float = 0.0,
+                  random: bool = False, seed: int = 0, min_genes: int = 20) -> pd.Series:
+    """Split the HVG pool into anchors and variants with the quadrant rule (Eq. 3).
+
+    Parameters
+    ----------
+    adata
+        AnnData scored by :func:`score_genes`.
+    tau_dom, tau_str
+        Thresholds on ``z_dom`` (anchors at or below) and ``z_str`` (anchors at or above).
+    random
+        Ablation S1: as many anchors as the quadrant gives, but drawn at random from the HVGs.
+    seed
+        Seed of the random draw (``random=True`` only).
+    min_genes
+        Fewest genes allowed on either side.
+
+    Returns
+    -------
+    ``var["schelix_stream"]``, categorical in ``{"anchor", "variant", "unused"}`` (unused = not
+    an HVG); parameters and counts go to ``uns["schelix"]["anchor_split"]``.
+    """
+    z_dom, z_str = _scores(adata)
+    pool = np.isfinite(z_dom) & np.isfinite(z_str)
+    anchor = quadrant(z_dom, z_str, tau_dom=tau_dom, tau_str=tau_str) & pool
+    n_anchor, n_variant = int(anchor.sum()), int(pool.sum() - anchor.sum())
+    if n_anchor < min_genes or n_variant < min_genes:
+        hint = suggest_thresholds(z_dom, z_str, tau_dom=tau_dom, tau_str=tau_str, min_genes=min_genes)
+        fix = (f"try tau_dom={hint[0]:g}, tau_str={hint[1]:g} ({hint[2]} anchors, {hint[3]} variants)"
+               if hint else f"use more HVGs (the pool has {int(pool.sum())} genes) or lower min_genes")
+        raise SchelixError(f"The split at tau_dom={tau_dom:g}, tau_str={tau_str:g} gives {n_anchor} "
+                           f"anchors and {n_variant} variants; each side needs at least {min_genes}",
+                           fix)
+    if random:
+        rng = np.random.default_rng(seed)
+        anchor = np.zeros_like(pool)
+        anchor[rng.choice(np.flatnonzero(pool), n_anchor, replace=False)] = True
+    stream = np.where(anchor, "anchor", np.where(pool, "variant", "unused"))
+    adata.var["schelix_stream"] = pd.Categorical(stream, categories=list(STREAMS))
+    _uns(adata)["anchor_split"] = {
+        "tau_dom": float(tau_dom), "tau_str": float(tau_str), "random": bool(random),
+        "seed": int(seed), "min_genes": int(min_genes), "n_anchor": n_anchor, "n_variant": n_variant,
+    }
+    return adata.var["schelix_stream"]
+
+
+def _summary(x: np.ndarray, groups: pd.Categorical, name: str) -> pd.DataFrame:
+    df = pd.DataFrame({"x": x, name: groups})
+    g = df.groupby(name, observed=False)["x"]
+    out = pd.DataFrame({"n_cells": g.size(), "mean": g.mean(), "std": g.std(ddof=0),
+                        "frac_expressing": g.apply(lambda v: float((v > 0).mean()) if len(v) else np.nan)})
+    return out
+
+
+def gene_profile(adata: AnnData, gene: str, *, batch_key: str) -> dict[str, pd.DataFrame]:
+    """Why a gene sits where it does: its expression per batch and per pseudo-cluster.
+
+    Returns
+    -------
+    dict with ``"per_batch"`` and ``"per_cluster"`` (n_cells, mean, std, frac_expressing),
+    ``"cluster_by_batch"`` (mean expression, pseudo-cluster x batch) and ``"scores"`` (one row:
+    the gene's scores, stream and HVG flag).
+    """
+    names = adata.var_names
+    if gene not in names:
+        lower = {n.lower(): n for n in names}
+        if gene.lower() not in lower:
+            close = difflib.get_close_matches(gene, list(names), n=5)
+            raise SchelixError(f"Gene {gene!r} is not in adata.var_names",
+                               f"did you mean: {', '.join(close)}" if close else "check the spelling")
+        gene = lower[gene.lower()]
+    if "schelix_pseudo_cluster" not in adata.obs:
+        raise SchelixError("Pseudo-clusters are missing", "run schelix.anchors.score_genes first")
+    batch = _check_batch(adata, batch_key)
+    col = adata[:, gene].X
+    x = np.asarray(col.toarray() if sp.issparse(col) else col, dtype=np.float64).ravel()
+    clusters = pd.Categorical(adata.obs["schelix_pseudo_cluster"])
+    pivot = pd.DataFrame({"x": x, "cluster": clusters, "batch": batch}).pivot_table(
+        index="cluster", columns="batch", values="x", aggfunc="mean", observed=False)
+    row = {c: float(adata.var.at[gene, c]) for c in _SCORE_COLS if c in adata.var}
+    row["stream"] = str(adata.var.at[gene, "schelix_stream"]) if "schelix_stream" in adata.var else ""
+    row["highly_variable"] = bool(adata.var.at[gene, "highly_variable"]) \
+        if "highly_variable" in adata.var else True
+    return {"per_batch": _summary(x, batch, "batch"), "per_cluster": _summary(x, clusters, "cluster"),
+            "cluster_by_batch": pivot, "scores": pd.DataFrame([row], index=[gene])}

@@ -1,0 +1,198 @@
+"""The ``schelix`` command line: ``run``, ``evaluate``, ``compare``.
+
+Every failure caused by the input prints one line, ``schelix: error: <problem>.
+Fix: <fix>``, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from schelix.errors import SchelixError, SchelixWarning
+
+__all__ = ["main", "build_parser"]
+
+
+def _load_config(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.exists():
+        raise SchelixError(f"Config file {p} does not exist", "pass the path of a .json or .yaml file")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SchelixError(f"Config file {p} is not valid JSON ({err})", "fix the file or use YAML") from err
+    if not isinstance(data, dict):
+        raise SchelixError(f"Config file {p} must hold a mapping of setting: value", "see schelix.SCHelixConfig")
+    return data
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, label_required: bool = False) -> None:
+    p.add_argument("--batch-key", required=True, help="obs column with the batch of each cell")
+    p.add_argument("--label-key", required=label_required, default=None,
+                   help="obs column with cell types (optional; used for scoring only)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from schelix import __version__
+
+    parser = argparse.ArgumentParser(prog="schelix", description="scHelix single-cell batch integration")
+    parser.add_argument("--version", action="version", version=f"schelix {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="preprocess, split anchors, train scHelix, write an integrated h5ad")
+    run.add_argument("input", help=".h5ad, 10x .h5, 10x mtx folder or .zip of one")
+    _add_data_args(run)
+    run.add_argument("-o", "--output", required=True, help="integrated .h5ad to write")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--steps", type=int, default=None, help="training steps (default: the schedule's)")
+    run.add_argument("--config", default=None, help="JSON/YAML file of SCHelixConfig settings")
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="override one setting, e.g. --set tau_dom=0.2 (repeatable)")  # fmt: skip
+    run.add_argument("--min-genes", type=int, default=200)
+    run.add_argument("--min-cells", type=int, default=3)
+    run.add_argument("--max-mito-pct", type=float, default=5.0)
+    run.add_argument("--n-top-genes", type=int, default=2000)
+    run.add_argument("--save-model", default=None, help="folder to save the trained model in")
+    run.add_argument("--no-evaluate", action="store_true", help="skip scoring the result")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("evaluate", help="score embeddings of an integrated h5ad (paper protocol)")
+    ev.add_argument("input", help="integrated .h5ad")
+    _add_data_args(ev)
+    ev.add_argument("--keys", nargs="*", default=None, help="obsm keys (default: every X_* embedding)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--csv", default=None, help="also write the table as CSV")
+
+    cmp_ = sub.add_parser("compare", help="run scHelix and peer methods side by side and score them")
+    cmp_.add_argument("input")
+    _add_data_args(cmp_)
+    cmp_.add_argument("--methods", nargs="+", default=["pca", "harmony", "schelix"])
+    cmp_.add_argument("--seeds", nargs="+", type=int, default=[0])
+    cmp_.add_argument("--device", default="auto")
+    cmp_.add_argument("--max-mito-pct", type=float, default=5.0)
+    cmp_.add_argument("-o", "--output", default=None, help="CSV of the comparison table")
+    cmp_.add_argument("--h5ad", default=None, help="also write the AnnData with every embedding")
+    return parser
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SchelixError(f"--set {item!r} is not NAME=VALUE", "write it like --set tau_dom=0.2")
+        name, value = item.split("=", 1)
+        out[name.strip()] = yaml_scalar(value.strip())
+    return out
+
+
+def yaml_scalar(text: str) -> Any:
+    """``"0.2" -> 0.2``, ``"true" -> True``, ``"hyper" -> "hyper"``."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import schelix
+    from schelix.config import SCHelixConfig
+    from schelix.pipeline import integrate
+
+    config = SCHelixConfig.from_dict({**_load_config(args.config), **_parse_sets(args.set)})
+    adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
+    label_key = args.label_key if args.label_key in adata.obs else None
+    adata = schelix.pp.preprocess(
+        adata, batch_key=args.batch_key, min_genes=args.min_genes, min_cells=args.min_cells,
+        max_mito_pct=args.max_mito_pct, n_top_genes=args.n_top_genes,
+    )  # fmt: skip
+    model = integrate(
+        adata, batch_key=args.batch_key, labels_key=label_key, config=config, seed=args.seed,
+        device=args.device, max_steps=args.steps, progress_bar=not args.quiet,
+    )  # fmt: skip
+    print(f"trained {model.state.step} steps on {model.device} in {model.state.seconds:.1f} s", file=sys.stderr)
+    if not args.no_evaluate:
+        table = schelix.evaluate.evaluate(adata, ["X_schelix"], batch_key=args.batch_key, label_key=label_key)
+        print(table.to_string(), file=sys.stderr)
+    if args.save_model:
+        model.save(args.save_model)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    adata.write_h5ad(out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import schelix
+
+    adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
+    keys = args.keys or [k for k in adata.obsm if k.startswith("X_") and "_snapshot_" not in k]
+    if not keys:
+        raise SchelixError(f"{args.input} holds no embeddings in obsm", "run `schelix run` first")
+    table = schelix.evaluate.evaluate(
+        adata, keys, batch_key=args.batch_key, label_key=args.label_key, seed=args.seed
+    )
+    print(table.to_string())
+    if args.csv:
+        table.to_csv(args.csv)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import schelix
+    from schelix.compare import compare, summarize
+
+    adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
+    adata = schelix.pp.preprocess(adata, batch_key=args.batch_key, max_mito_pct=args.max_mito_pct)
+    table = compare(
+        adata, batch_key=args.batch_key, label_key=args.label_key, methods=tuple(args.methods),
+        seeds=tuple(args.seeds), device=args.device,
+    )  # fmt: skip
+    summary = summarize(table)
+    print(summary.to_string())
+    if args.output:
+        summary.to_csv(args.output)
+    if args.h5ad:
+        adata.write_h5ad(args.h5ad)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``schelix`` console script."""
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("ignore", FutureWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SchelixWarning)
+        warnings.showwarning = lambda m, c, *a, **k: print(f"schelix: note: {m}", file=sys.stderr)
+        try:
+            return {"run": _cmd_run, "evaluate": _cmd_evaluate, "compare": _cmd_compare}[args.command](args)
+        except SchelixError as err:
+            print(f"schelix: error: {err}", file=sys.stderr)
+            return 2
+        except FileNotFoundError as err:
+            print(f"schelix: error: {err}. Fix: check the path", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Every scHelix hyperparameter in one frozen dataclass (SPEC §2–4, paper Tables 6–7).
+
+Names follow the paper's code names where it gives them. Each field has a
+``help`` text (``field(metadata={"help": ...})``) that the CLI and the app show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from schelix.errors import SchelixError
+
+__all__ = ["SCHelixConfig", "ABLATIONS", "config_help"]
+
+
+def _f(default: Any, help: str, group: str = "model") -> Any:  # noqa: A002
+    return field(default=default, metadata={"help": help, "group": group})
+
+
+@dataclass(frozen=True)
+class SCHelixConfig:
+    """scHelix hyperparameters. Defaults follow SPEC.md; every one can be changed."""
+
+    # --- anchor split (SPEC §2) ---
+    tau_dom: float = _f(0.0, "Anchors need domain-sensitivity z-score <= tau_dom (paper: tau_dom).", "anchors")
+    tau_str: float = _f(0.0, "Anchors need structure-separability z-score >= tau_str (paper: tau_str).", "anchors")
+    random_anchors: bool = _f(False, "Ablation S1: random anchors of the same size instead of the quadrant.", "ablation")
+    # --- variant gate (SPEC §3) ---
+    gate: bool = _f(True, "Variant-only layered domain gate (paper Eq. 4). Off = ablation S2.", "gate")
+    gate_strength: float = _f(0.5, "Gate strength lambda: how much batch-sensitive variant values are damped.", "gate")
+    gate_low_res: float = _f(0.5, "Leiden resolution of the coarse gate clustering.", "gate")
+    gate_high_res: float = _f(2.0, "Leiden resolution of the fine gate clustering.", "gate")
+    gate_min_cells: int = _f(20, "Clusters smaller than this get no gate.", "gate")
+    # --- graph + diffusion (SPEC §4, App. J) ---
+    latent_dim: int = _f(64, "Size of every stream embedding (paper: 64).")
+    graph_dim: int = _f(64, "Query/key size of the learnable gene-gene graph.")
+    graph_temperature: float = _f(0.1, "Temperature tau of the gene-gene similarity ReLU(QK^T/tau).")
+    graph_top_k: int = _f(22, "Neighbours kept per gene in the sparse gene graph (top-k).")
+    graph_rebuild_every: int = _f(25, "Steps between rebuilds of the gene graph (stop-gradient caching).")
+    n_scales: int = _f(5, "Diffusion scales k = 1..n_scales.")
+    hp_alpha: float = _f(0.8, "High-pass mixing xi_1 (weight of X - X P^k).")
+    hp_beta: float = _f(0.2, "High-pass mixing xi_2 (weight of X (I - P)).")
+    linear_encoder: bool = _f(False, "Ablation S6: linear encoder instead of graph diffusion.", "ablation")
+    decoder_hidden: int = _f(128, "Hidden width of the reconstruction decoders.")
+    decoder_batch_conditioning: bool = _f(
+        True, "Give the decoders the batch (one-hot), so embeddings need not carry it to reconstruct."
+    )
+    # --- align / refine / fuse (SPEC §4) ---
+    w_align: float = _f(1.0, "Align loss weight lambda_align (BYOL/SimSiam). 0 = ablation S3.1.")
+    refine_alpha_init: float = _f(0.3, "Initial refinement gate alpha.")
+    refine_alpha_max: float = _f(1.5, "Refinement bound alpha_max. 0 = ablation S3.2 (no Refine).")
+    refine_temperature: float = _f(0.3, "Softmax temperature of the Refine cross-attention.")
+    refine_tokens: int = _f(8, "Tokens each cell's embedding is split into for cross-attention.")
+    fusion: str = _f("hyper", "'hyper' = HyperFusion; 'sum' = simple sum (ablation S4).")
+    fusion_rank: int = _f(8, "Rank of the hypernetwork's low-rank MLP factors.")
+    fusion_delta_scale: float = _f(0.6, "Residual scaling lambda_Delta of HyperFusion.")
+    # --- self-training (SPEC §4) ---
+    n_prototypes: int = _f(24, "Teacher prototypes K (EMA over anchor embeddings).")
+    prototype_momentum: float = _f(0.99, "EMA momentum of the teacher prototypes.")
+    conn_temperature: float = _f(0.1, "Temperature of the prototype softmax in L_conn.")
+    w_conn_variant: float = _f(0.08, "Connectivity loss weight, variant stream.")
+    w_conn_anchor: float = _f(0.2, "Connectivity loss weight, anchor stream.")
+    w_conn_fused: float = _f(0.2, "Connectivity loss weight, fused embedding. 0 = ablation S5.2.")
+    w_kd: float = _f(0.5, "Confidence-weighted distillation weight. 0 = ablation S5.1.")
+    kd_conf_threshold: float = _f(0.75, "Teacher confidence below which a cell gets no KD weight.")
+    kd_conf_power: float = _f(1.0, "Exponent p of the KD confidence weight max_prob^p.")
+    w_rec_variant: float = _f(1.0, "Reconstruction weight, variant stream.")
+    w_rec_anchor: float = _f(1.0, "Reconstruction weight, anchor stream.")
+    w_rec_fused: float = _f(1.0, "Reconstruction weight, fused decoder (all HVGs).")
+    semi_supervised: bool = _f(
+        False, "Train a cell-type head on the labelled cells (paper Table 4). Off: labels only score."
+    )
+    w_supervised: float = _f(1.0, "Cross-entropy weight of the semi-supervised head (labelled cells only).")
+    # --- augmentation ---
+    mixup: bool = _f(True, "kNN MixUp augmentation during training.")
+    mixup_k: int = _f(300, "Neighbours (PCA space) a cell is mixed with.")
+    # --- schedule / optimiser ---
+    max_steps: int = _f(6000, "Upper bound on training steps (default: 6000 or 60 epochs, whichever is fewer).", "training")
+    max_epochs: int = _f(60, "Upper bound on epochs.", "training")
+    warmup_steps: int = _f(3000, "Align-only warm-up steps before fusion (capped at half the run).", "training")
+    batch_size: int = _f(256, "Cells per mini-batch.", "training")
+    lr: float = _f(1e-3, "AdamW learning rate.", "training")
+    weight_decay: float = _f(1e-4, "AdamW weight decay.", "training")
+    grad_clip: float = _f(1.0, "Gradient-norm clip.", "training")
+    snapshot_every: int = _f(0, "Steps between fused-embedding snapshots (0 = 10 snapshots per run).", "training")
+
+    def __post_init__(self) -> None:
+        if self.fusion not in ("hyper", "sum"):
+            raise SchelixError(f"fusion must be 'hyper' or 'sum', got {self.fusion!r}", "use 'hyper' or 'sum'")
+        if self.latent_dim % self.refine_tokens:
+            raise SchelixError(
+                f"latent_dim ({self.latent_dim}) must be divisible by refine_tokens ({self.refine_tokens})",
+                "pick values such as 64 and 8",
+            )
+        for name in ("batch_size", "max_steps", "graph_top_k", "n_scales", "graph_rebuild_every"):
+            if getattr(self, name) < 1:
+                raise SchelixError(f"{name} must be >= 1, got {getattr(self, name)}", f"set {name} to a positive number")
+
+    def replace(self, **changes: Any) -> SCHelixConfig:
+        """A copy with ``changes`` applied; unknown names raise :class:`SchelixError`."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise SchelixError(
+                f"Unknown scHelix setting(s): {', '.join(sorted(unknown))}",
+                "see schelix.SCHelixConfig for the valid names",
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SCHelixConfig:
+        return cls().replace(**d)
+
+
+#: The paper's ablations (Table 2) as config changes.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "S0_full": {},
+    "S1_random_split": {"random_anchors": True},
+    "S2_no_gate": {"gate": False},
+    "S3_no_interaction": {"w_align": 0.0, "refine_alpha_max": 0.0},
+    "S3.1_no_align": {"w_align": 0.0},
+    "S3.2_no_refine": {"refine_alpha_max": 0.0},
+    "S4_simple_fusion": {"fusion": "sum"},
+    "S5_no_self_training": {"w_kd": 0.0, "w_conn_fused": 0.0},
+    "S5.1_no_kd": {"w_kd": 0.0},
+    "S5.2_no_conn": {"w_conn_fused": 0.0},
+    "S6_linear_encoder": {"linear_encoder": True},
+}
+
+
+def config_help() -> dict[str, dict[str, Any]]:
+    """``{name: {"default", "help", "group", "type"}}`` for every setting (CLI and app forms)."""
+    return {
+        f.name: {
+            "default": f.default,
+            "help": f.metadata.get("help", ""),
+            "group": f.metadata.get("group", "model"),
+            "type": type(f.default).__name__,
+        }
+        for f in dataclasses.fields(SCHelixConfig)
+    }

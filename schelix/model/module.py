@@ -1,0 +1,136 @@
+"""The scHelix network: two streams, Align -> Refine -> Fuse, and every loss term."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from schelix.config import SCHelixConfig
+from schelix.model.fusion import HyperFusion, SumFusion
+from schelix.model.interaction import Aligner, Refiner
+from schelix.model.losses import (
+    TeacherPrototypes,
+    connectivity_loss,
+    distillation_loss,
+    reconstruction_loss,
+)
+from schelix.model.streams import Decoder, DiffusionEncoder, LinearEncoder
+
+__all__ = ["SCHelixModule", "STAGES", "LOSS_TERMS"]
+
+#: Stage embeddings, in the order of the Align -> Refine -> Fuse trajectory.
+STAGES = ("variant", "variant_aligned", "anchor", "anchor_refined", "fused")
+#: Every loss term a step can report (warm-up terms first); "total" is their weighted sum.
+LOSS_TERMS = (
+    "rec_variant", "rec_anchor", "align", "conn_variant", "conn_anchor",
+    "rec_fused", "kd", "conn_fused", "supervised",
+)  # fmt: skip
+
+
+class SCHelixModule(nn.Module):
+    """Anchor (teacher) and Variant (student) streams with their interaction.
+
+    Parameters
+    ----------
+    n_variant, n_anchor
+        Genes in each stream (hard barrier: each encoder sees only its own).
+    n_batches
+        Batches, for the batch-conditioned decoders.
+    n_labels
+        Cell-type classes for the semi-supervised head (0 = unsupervised).
+    config
+        Hyperparameters.
+    """
+
+    def __init__(
+        self, n_variant: int, n_anchor: int, n_batches: int, n_labels: int, config: SCHelixConfig
+    ) -> None:
+        super().__init__()
+        c = self.config = config
+        d = c.latent_dim
+        enc = LinearEncoder if c.linear_encoder else DiffusionEncoder
+        kw = dict(
+            n_scales=c.n_scales, xi1=c.hp_alpha, xi2=c.hp_beta, graph_dim=c.graph_dim,
+            temperature=c.graph_temperature, top_k=c.graph_top_k, rebuild_every=c.graph_rebuild_every,
+        )  # fmt: skip
+        self.enc_variant = enc(n_variant, d, **kw)
+        self.enc_anchor = enc(n_anchor, d, **kw)
+        nb = n_batches if c.decoder_batch_conditioning else 0
+        self.dec_variant = Decoder(d, n_variant, hidden=c.decoder_hidden, n_batches=nb)
+        self.dec_anchor = Decoder(d, n_anchor, hidden=c.decoder_hidden, n_batches=nb)
+        self.dec_fused = Decoder(d, n_variant + n_anchor, hidden=c.decoder_hidden, n_batches=nb)
+        self.aligner = Aligner(d)
+        self.refiner = Refiner(
+            d, n_tokens=c.refine_tokens, temperature=c.refine_temperature,
+            alpha_init=c.refine_alpha_init, alpha_max=c.refine_alpha_max,
+        )  # fmt: skip
+        fusion = HyperFusion if c.fusion == "hyper" else SumFusion
+        self.fusion = fusion(d, rank=c.fusion_rank, delta_scale=c.fusion_delta_scale)
+        self.prototypes = TeacherPrototypes(c.n_prototypes, d, momentum=c.prototype_momentum)
+        self.classifier = nn.Linear(d, n_labels) if n_labels > 1 else None
+        self.n_batches = n_batches
+
+    def forward(self, x_var: torch.Tensor, x_inv: torch.Tensor, *, fuse: bool = True) -> dict[str, torch.Tensor]:
+        """Every stage embedding of a batch of cells (``fuse=False`` stops after Align)."""
+        h_var = self.enc_variant(x_var)
+        h_inv = self.enc_anchor(x_inv)
+        p_s, align = self.aligner(h_var, h_inv)
+        out = {"variant": h_var, "variant_aligned": p_s, "anchor": h_inv, "align": align}
+        if fuse:
+            h_ref, alpha = self.refiner(h_inv, h_var)
+            h_fused, gate = self.fusion(h_ref, h_var)
+            out.update(anchor_refined=h_ref, fused=h_fused, alpha=alpha, gate=gate)
+        return out
+
+    def losses(
+        self,
+        x_var: torch.Tensor,
+        x_inv: torch.Tensor,
+        batch: torch.Tensor,
+        labels: torch.Tensor | None,
+        *,
+        fuse: bool,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, terms)`` of one training step (paper Eq. 9 + I_fuse * Eq. 10)."""
+        c = self.config
+        out = self.forward(x_var, x_inv, fuse=fuse)
+        onehot = F.one_hot(batch, self.n_batches).to(x_var.dtype)
+        self.prototypes.update(out["anchor"], generator)
+        target = self.prototypes.pseudo_labels(out["anchor"].detach())
+        t = c.conn_temperature
+        terms = {
+            "rec_variant": reconstruction_loss(self.dec_variant(out["variant"], onehot), x_var),
+            "rec_anchor": reconstruction_loss(self.dec_anchor(out["anchor"], onehot), x_inv),
+            "align": out["align"],
+            "conn_variant": connectivity_loss(self.prototypes.logits(out["variant"], t), target),
+            "conn_anchor": connectivity_loss(self.prototypes.logits(out["anchor"], t), target),
+        }
+        weights = {
+            "rec_variant": c.w_rec_variant, "rec_anchor": c.w_rec_anchor, "align": c.w_align,
+            "conn_variant": c.w_conn_variant, "conn_anchor": c.w_conn_anchor,
+        }  # fmt: skip
+        if fuse:
+            x_full = torch.cat([x_var, x_inv], 1)
+            fused = out["fused"]
+            terms["rec_fused"] = reconstruction_loss(self.dec_fused(fused, onehot), x_full)
+            terms["kd"] = distillation_loss(
+                self.prototypes.logits(out["anchor_refined"], t), self.prototypes.logits(fused, t),
+                threshold=c.kd_conf_threshold, power=c.kd_conf_power,
+            )  # fmt: skip
+            terms["conn_fused"] = connectivity_loss(self.prototypes.logits(fused, t), target)
+            weights.update(rec_fused=c.w_rec_fused, kd=c.w_kd, conn_fused=c.w_conn_fused)
+            if self.classifier is not None and labels is not None:
+                known = labels >= 0
+                if bool(known.any()):
+                    terms["supervised"] = F.cross_entropy(self.classifier(fused[known]), labels[known])
+                    weights["supervised"] = c.w_supervised
+        total = sum(weights[k] * v for k, v in terms.items())
+        return total, terms
+
+    @torch.no_grad()
+    def embed(self, x_var: torch.Tensor, x_inv: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every stage embedding (eval mode, no graph rebuild)."""
+        out = self.forward(x_var, x_inv, fuse=True)
+        return {k: out[k] for k in STAGES}

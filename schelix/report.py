@@ -1,0 +1,318 @@
+"""Export: the integrated ``.h5ad`` (opens in cellxgene), gene lists, metrics and figures.
+
+Figures are written as interactive HTML (plotly's ``to_html``) and as PNG/SVG redrawn with
+matplotlib from the same figure data (:func:`to_matplotlib`), so export needs no browser.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "STAGES",
+    "add_umaps",
+    "export",
+    "gene_table",
+    "method_label",
+    "read_metrics",
+    "snapshot_keys",
+    "stage_keys",
+    "to_matplotlib",
+    "umap_key",
+    "versions",
+    "write_figure",
+]
+
+#: Stage label -> obsm key written by :func:`schelix.pipeline.integrate`.
+STAGES = {
+    "Variant": "X_schelix_variant",
+    "Variant, aligned": "X_schelix_variant_aligned",
+    "Anchor": "X_schelix_anchor",
+    "Anchor, refined": "X_schelix_anchor_refined",
+    "Fused": "X_schelix",
+}
+_SNAPSHOT = re.compile(r"^X_schelix_snapshot_(\d+)$")
+_PACKAGES = ("schelix", "anndata", "scanpy", "numpy", "scipy", "pandas", "torch", "scikit-learn",
+             "umap-learn", "scib-metrics", "scvi-tools", "harmonypy", "pot", "plotly", "streamlit")
+
+
+def stage_keys(adata: ad.AnnData) -> dict[str, str]:
+    """The stage embeddings present in ``adata.obsm`` (label -> key), in pipeline order."""
+    return {label: key for label, key in STAGES.items() if key in adata.obsm}
+
+
+def snapshot_keys(adata: ad.AnnData) -> dict[int, str]:
+    """Training step -> obsm key of each fused-embedding snapshot, by step."""
+    found = {int(m.group(1)): k for k in adata.obsm if (m := _SNAPSHOT.match(k))}
+    return dict(sorted(found.items()))
+
+
+def umap_key(key: str) -> str:
+    """Where the UMAP of ``obsm[key]`` is stored: ``obsm["<key>_umap"]``."""
+    return f"{key}_umap"
+
+
+def add_umaps(
+    adata: ad.AnnData,
+    keys: Sequence[str] | Mapping[str, str],
+    *,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.5,
+    n_epochs: int = 200,
+    progress: Any = None,
+) -> list[str]:
+    """UMAP (umap-learn) of each ``obsm[key]`` into ``obsm["<key>_umap"]``; skips existing ones.
+
+    The fused embedding's UMAP is also written as ``obsm["X_umap"]`` (cellxgene's default).
+    ``progress(fraction, message)`` is called before each one.
+    """
+    import umap
+
+    keys = list(keys.values()) if isinstance(keys, Mapping) else list(keys)
+    done = []
+    for i, key in enumerate(keys):
+        out = umap_key(key)
+        if progress is not None:
+            progress(i / max(1, len(keys)), f"UMAP {i + 1} of {len(keys)} ({key})")
+        if out not in adata.obsm:
+            emb = np.asarray(adata.obsm[key], dtype=np.float32)
+            reducer = umap.UMAP(n_neighbors=min(n_neighbors, adata.n_obs - 1), min_dist=min_dist,
+                                n_epochs=n_epochs, random_state=seed, n_jobs=1)
+            adata.obsm[out] = reducer.fit_transform(emb).astype(np.float32)
+        if key == "X_schelix":
+            adata.obsm["X_umap"] = adata.obsm[out]
+        done.append(out)
+    adata.uns.setdefault("schelix", {})["umap"] = {
+        "n_neighbors": int(n_neighbors), "min_dist": float(min_dist), "n_epochs": int(n_epochs),
+        "seed": int(seed),
+        "package": "umap-learn",
+    }
+    return done
+
+
+def gene_table(adata: ad.AnnData) -> pd.DataFrame:
+    """One row per scored gene: stream, z-scores and raw scores (from :mod:`schelix.anchors`)."""
+    var = adata.var
+    cols = {"schelix_z_dom": "z_dom", "schelix_z_str": "z_str", "schelix_s_dom": "s_dom",
+            "schelix_s_str": "s_str"}
+    table = var[[c for c in cols if c in var]].rename(columns=cols)
+    table = table[np.isfinite(table["z_dom"]) & np.isfinite(table["z_str"])]
+    table.insert(0, "gene", table.index.astype(str))
+    if "schelix_stream" in var:
+        table.insert(1, "stream", var.loc[table.index, "schelix_stream"].astype(str))
+    return table.reset_index(drop=True)
+
+
+def method_label(key: str) -> str:
+    """Display name of an embedding key: ``X_schelix`` -> scHelix, ``X_harmony`` -> Harmony."""
+    if key == "X_schelix":
+        return "scHelix"
+    name = key[2:] if key.startswith("X_") else key
+    try:
+        from schelix.methods import get_method
+
+        return get_method(name).label
+    except Exception:
+        return name
+
+
+def read_metrics(folder: str | Path) -> dict[str, pd.DataFrame]:
+    """The metrics job's tables, one row per method (index = display name).
+
+    ``"metrics"``: the paper's scores (or the label-free score) from ``scores.csv``;
+    ``"scib_metrics"``: the scib-metrics table from ``scib.csv`` (wide), when present.
+    """
+    folder = Path(folder)
+    out: dict[str, pd.DataFrame] = {}
+    if (folder / "scores.csv").is_file():
+        df = pd.read_csv(folder / "scores.csv")
+        df.index = [method_label(k) for k in df.pop("embedding")]
+        out["metrics"] = df.drop(columns=["seconds"], errors="ignore")
+    if (folder / "scib.csv").is_file():
+        tidy = pd.read_csv(folder / "scib.csv")
+        wide = tidy.pivot_table(index="embedding", columns="metric", values="value", sort=False)
+        wide.index = [method_label(k) for k in wide.index]
+        out["scib_metrics"] = wide
+    return out
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages an analysis depends on (plus Python)."""
+    out = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            if pkg == "schelix":
+                import schelix
+
+                out[pkg] = schelix.__version__
+    return out
+
+
+def _axis_pairs(fig: Any) -> list[tuple[str, str]]:
+    pairs = []
+    for tr in fig.data:
+        pair = (getattr(tr, "xaxis", None) or "x", getattr(tr, "yaxis", None) or "y")
+        if pair not in pairs:
+            pairs.append(pair)
+    return pairs or [("x", "y")]
+
+
+def to_matplotlib(fig: Any) -> Any:
+    """Redraw a plotly figure (scatter, bar, violin traces; subplots; h/v lines) with matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = _axis_pairs(fig)
+    ncols = min(3, len(pairs))
+    nrows = int(np.ceil(len(pairs) / ncols))
+    mfig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False)
+    ax_of = {p: axes.flat[i] for i, p in enumerate(pairs)}
+    titles = [a.text for a in (fig.layout.annotations or ())]
+    for i, (ax, title) in enumerate(zip(axes.flat, titles)):
+        if i < len(pairs):
+            ax.set_title(title, fontsize=9)
+    for tr in fig.data:
+        ax = ax_of[(tr.xaxis or "x", tr.yaxis or "y")]
+        label = tr.name if tr.showlegend is not False else None
+        color = getattr(getattr(tr, "marker", None), "color", None)
+        color = color if isinstance(color, str) and not color.startswith("rgba(0,0,0,0") else None
+        if tr.type in ("scatter", "scattergl"):
+            x, y = np.asarray(tr.x, dtype=float), np.asarray(tr.y, dtype=float)
+            if "lines" in (tr.mode or ""):
+                ax.plot(x, y, lw=1, label=label, color=getattr(tr.line, "color", None))
+            else:
+                ax.scatter(x, y, s=3, label=label, color=color, alpha=0.8, linewidths=0,
+                           facecolors="none" if color is None else None,
+                           edgecolors="red" if color is None else None)
+                for xi, yi, t in zip(x, y, tr.text or ()) if "text" in (tr.mode or "") else ():
+                    ax.annotate(str(t), (xi, yi), fontsize=7)
+        elif tr.type == "bar":
+            ax.bar([str(v) for v in tr.x], np.asarray(tr.y, dtype=float), label=label,
+                   color=color, alpha=0.8)
+            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        elif tr.type == "violin":
+            pos = len(ax.collections)
+            ax.violinplot([np.asarray(tr.y, dtype=float)], positions=[pos], showmedians=True)
+            ax.set_xticks([*ax.get_xticks()[:pos], pos], [*[t.get_text() for t in ax.get_xticklabels()][:pos], tr.name])
+    for shape in fig.layout.shapes or ():
+        ax = ax_of.get((_axis_ref(shape.xref, "x"), _axis_ref(shape.yref, "y")))
+        if ax is None:
+            continue
+        if shape.x0 == shape.x1 and str(shape.yref).endswith("domain"):
+            ax.axvline(shape.x0, ls="--", color="#555", lw=1)
+        elif shape.y0 == shape.y1:
+            ax.axhline(shape.y0, ls="--", color="#555", lw=1)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(pairs):
+            ax.axis("off")
+    first = axes.flat[0]
+    first.set_xlabel(fig.layout.xaxis.title.text or "")
+    first.set_ylabel(fig.layout.yaxis.title.text or "")
+    if any(tr.showlegend is not False and tr.name for tr in fig.data) and len(fig.data) <= 30:
+        first.legend(fontsize=7, markerscale=3)
+    mfig.tight_layout()
+    return mfig
+
+
+def _axis_ref(ref: str | None, axis: str) -> str:
+    ref = (ref or axis).replace(" domain", "")
+    return axis if ref == "paper" else ref
+
+
+def write_figure(fig: Any, out_dir: str | Path, name: str) -> list[Path]:
+    """``<name>.html`` (plotly) and ``<name>.png`` / ``.svg`` (matplotlib redraw) in ``out_dir``."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    html = out / f"{name}.html"
+    html.write_text(fig.to_html(include_plotlyjs=True, full_html=True))
+    mfig = to_matplotlib(fig)
+    paths = [html]
+    for ext in ("png", "svg"):
+        mfig.savefig(out / f"{name}.{ext}", dpi=150)
+        paths.append(out / f"{name}.{ext}")
+    plt.close(mfig)
+    return paths
+
+
+def _clean(obj: Any) -> Any:
+    """Make a value h5ad-serialisable: drop None, tuples -> lists, numpy scalars -> Python."""
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj if v is not None]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _table_to_uns(df: pd.DataFrame) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": np.asarray(df.index.astype(str))}
+    for c in df.columns:
+        col = df[c]
+        out[str(c)] = col.to_numpy(float) if pd.api.types.is_numeric_dtype(col) else col.astype(str).to_numpy()
+    return out
+
+
+def export(
+    adata: ad.AnnData,
+    out_dir: str | Path,
+    *,
+    figures: Mapping[str, Any] = {},
+    tables: Mapping[str, pd.DataFrame] = {},
+    params: Mapping[str, Any] = {},
+    seed: int = 0,
+    model_dir: str | Path | None = None,
+) -> dict[str, Path]:
+    """Write everything a user takes home into ``out_dir``; returns ``{name: path}``.
+
+    - ``schelix_integrated.h5ad``: every embedding in ``obsm`` (``X_umap`` = fused UMAP),
+      ``var["schelix_stream"]``, and in ``uns["schelix"]["export"]`` the metrics ``tables``,
+      the app's ``params`` per step, package versions and the seed;
+    - ``anchor_genes.csv``, ``variant_genes.csv``, ``gene_scores.csv``, ``<table>.csv``;
+    - ``figures/<name>.html|png|svg`` for each figure; ``model.zip`` (the saved model).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    genes = gene_table(adata) if "schelix_z_dom" in adata.var else pd.DataFrame()
+    if "stream" in genes:
+        for stream in ("anchor", "variant"):
+            files[f"{stream}_genes"] = out / f"{stream}_genes.csv"
+            genes[genes["stream"] == stream].to_csv(files[f"{stream}_genes"], index=False)
+        files["gene_scores"] = out / "gene_scores.csv"
+        genes.to_csv(files["gene_scores"], index=False)
+    for name, df in tables.items():
+        files[name] = out / f"{name}.csv"
+        df.to_csv(files[name])
+    result = adata.copy()
+    if "X_schelix_umap" in result.obsm and "X_umap" not in result.obsm:
+        result.obsm["X_umap"] = result.obsm["X_schelix_umap"]
+    result.uns.setdefault("schelix", {})["export"] = _clean({
+        "versions": versions(), "seed": int(seed), "params": dict(params),
+        "metrics": {name: _table_to_uns(df) for name, df in tables.items()},
+    })
+    files["h5ad"] = out / "schelix_integrated.h5ad"
+    result.write_h5ad(files["h5ad"], compression="gzip")
+    for name, fig in figures.items():
+        for path in write_figure(fig, out / "figures", name):
+            files[f"figure_{name}_{path.suffix[1:]}"] = path
+    if model_dir is not None and Path(model_dir).is_dir():
+        files["model"] = Path(shutil.make_archive(str(out / "model"), "zip", model_dir))
+    return files

@@ -1,0 +1,61 @@
+"""The ``schelix`` command line: run -> re-open the h5ad -> evaluate; one-line errors."""
+
+from __future__ import annotations
+
+import anndata as ad
+import pytest
+
+import schelix
+from schelix.cli import main
+
+FAST = ["--set", "batch_size=64", "--set", "n_prototypes=6", "--set", "mixup_k=20"]
+
+
+@pytest.fixture(scope="module")
+def counts_h5ad(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "counts.h5ad"
+    schelix.datasets.synthetic(500, 400, batch_strength=0.8, seed=2).write_h5ad(path)
+    return path
+
+
+def test_run_then_evaluate(counts_h5ad, tmp_path, capsys):
+    out = tmp_path / "out.h5ad"
+    code = main(["run", str(counts_h5ad), "--batch-key", "batch", "--label-key", "cell_type",
+                 "-o", str(out), "--steps", "16", "--seed", "3", "--quiet",
+                 "--save-model", str(tmp_path / "model"), *FAST])  # fmt: skip
+    assert code == 0
+    back = ad.read_h5ad(out)
+    assert back.obsm["X_schelix"].shape == (back.n_obs, 64)
+    for stage in ("variant", "variant_aligned", "anchor", "anchor_refined"):
+        assert f"X_schelix_{stage}" in back.obsm
+    streams = set(back.var["schelix_stream"].astype(str))
+    assert {"anchor", "variant"} <= streams <= {"anchor", "variant", "unused"}
+    uns = back.uns["schelix"]
+    assert uns["train"]["steps"] == 16 and uns["train"]["seed"] == 3 and uns["train"]["batch_size"] == 64
+    for step in ("preprocess", "anchor_split", "train", "metrics"):
+        assert step in uns, step
+    assert (tmp_path / "model" / "model.pt").exists()
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--batch-key", "batch", "--label-key", "cell_type",
+                 "--keys", "X_schelix", "X_schelix_anchor", "--csv", str(tmp_path / "m.csv")]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "Overall" in printed and "X_schelix_anchor" in printed
+    assert (tmp_path / "m.csv").read_text().count("\n") == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.h5ad", "--batch-key", "batch", "-o", "x.h5ad"], "missing.h5ad"),
+        (["run", "{bad}", "--batch-key", "batch", "-o", "x.h5ad"], "Fix:"),
+        (["run", "{counts}", "--batch-key", "donor", "-o", "x.h5ad"], "donor"),
+        (["run", "{counts}", "--batch-key", "batch", "-o", "x.h5ad", "--set", "tau_dum=1"], "tau_dum"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, message, counts_h5ad, tmp_path, capsys):
+    bad = tmp_path / "bad.h5ad"
+    bad.write_text("this is not an h5ad file")
+    args = [a.format(bad=bad, counts=counts_h5ad) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("schelix: error:") and message in err[-1]

@@ -1,0 +1,108 @@
+"""SCHelix API, training loop, callbacks, snapshots, save/load/resume, pipeline slots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from schelix import SCHelix, SchelixError
+from schelix.model import STAGES
+from schelix.pipeline import integrate
+from schelix.train import Callback, StepRecord
+
+FAST = dict(batch_size=64, n_prototypes=6, mixup_k=20, snapshot_every=10)
+
+
+def _model(adata, **kw):
+    SCHelix.setup_anndata(adata, batch_key="batch")
+    return SCHelix(adata, **{**FAST, **kw})
+
+
+def test_setup_errors_name_problem_and_fix(adata_split):
+    with pytest.raises(SchelixError, match="not in adata.obs.*Fix: choose one of"):
+        SCHelix.setup_anndata(adata_split, batch_key="donor")
+    one = adata_split.copy()
+    one.obs["batch"] = "b0"
+    with pytest.raises(SchelixError, match="only one batch"):
+        SCHelix.setup_anndata(one, batch_key="batch")
+    fresh = adata_split.copy()
+    fresh.uns.pop("schelix")
+    with pytest.raises(SchelixError, match="setup_anndata"):
+        SCHelix(fresh)
+
+
+def test_cpu_training_is_repeatable_and_records_every_term(adata_split):
+    a = _model(adata_split.copy()).train(max_steps=24, seed=5)
+    b = _model(adata_split.copy()).train(max_steps=24, seed=5)
+    c = _model(adata_split.copy()).train(max_steps=24, seed=6)
+    np.testing.assert_allclose(a.get_latent_representation(), b.get_latent_representation(), atol=1e-5)
+    assert not np.allclose(a.get_latent_representation(), c.get_latent_representation(), atol=1e-3)
+    hist = a.history
+    assert list(hist["step"]) == list(range(1, 25))
+    assert set(hist["phase"]) == {"warmup", "fusion"}  # warm-up capped at half the run
+    warm, fuse = hist[hist.phase == "warmup"], hist[hist.phase == "fusion"]
+    assert warm["kd"].isna().all() and fuse["kd"].notna().all()
+    for term in ("rec_variant", "rec_anchor", "align", "conn_variant", "conn_anchor", "total"):
+        assert hist[term].notna().all()
+    assert a.device == "cpu"
+
+
+def test_callbacks_see_steps_snapshots_and_can_cancel(adata_split):
+    class Recorder(Callback):
+        def __init__(self):
+            self.records: list[StepRecord] = []
+            self.snaps: list[int] = []
+
+        def on_step(self, record):
+            self.records.append(record)
+
+        def on_snapshot(self, step, fused):
+            assert fused.shape == (adata_split.n_obs, 64)
+            self.snaps.append(step)
+
+        def should_stop(self):
+            return len(self.records) >= 15
+
+    rec = Recorder()
+    model = _model(adata_split).train(max_steps=40, callbacks=[rec])
+    assert model.state.stopped_early and model.state.step == 15
+    assert [r.step for r in rec.records] == list(range(1, 16))
+    assert rec.snaps == [10] and sorted(model.snapshots) == [10]
+    assert rec.records[-1].eta > 0 and rec.records[0].total_steps == 40
+
+
+def test_stages_and_save_load_resume(adata_split, tmp_path):
+    model = _model(adata_split).train(max_steps=20)
+    lat = {s: model.get_latent_representation(s) for s in STAGES}
+    assert all(v.shape == (adata_split.n_obs, 64) for v in lat.values())
+    with pytest.raises(SchelixError, match="Unknown stage"):
+        model.get_latent_representation("teacher")
+    model.save(tmp_path / "m")
+    loaded = SCHelix.load(tmp_path / "m", adata_split)
+    np.testing.assert_allclose(loaded.get_latent_representation(), lat["fused"], atol=1e-5)
+    loaded.train(max_steps=30)  # resume: continues the step count and the history
+    assert loaded.state.step == 30 and len(loaded.history) == 30
+    with pytest.raises(SchelixError, match="No saved scHelix model"):
+        SCHelix.load(tmp_path / "nothing", adata_split)
+
+
+def test_integrate_writes_documented_slots(adata_split):
+    integrate(adata_split, batch_key="batch", max_steps=20, seed=1, **FAST)
+    for key in ("X_schelix", "X_schelix_variant", "X_schelix_variant_aligned", "X_schelix_anchor",
+                "X_schelix_anchor_refined", "X_schelix_snapshot_10", "X_schelix_snapshot_20"):  # fmt: skip
+        assert adata_split.obsm[key].shape == (adata_split.n_obs, 64)
+    train = adata_split.uns["schelix"]["train"]
+    assert train["steps"] == 20 and train["seed"] == 1 and train["device"] == "cpu"
+    assert train["batch_size"] == 64 and list(train["snapshot_steps"]) == [10, 20]
+    assert len(adata_split.uns["schelix"]["history"]["total"]) == 20
+    assert set(adata_split.var["schelix_stream"].astype(str)) <= {"anchor", "variant", "unused"}
+
+
+def test_semi_supervised_head_uses_only_labelled_cells(adata_split):
+    adata_split.obs["cell_type"] = adata_split.obs["cell_type"].astype(str)
+    adata_split.obs.loc[adata_split.obs_names[::2], "cell_type"] = "unlabelled"
+    SCHelix.setup_anndata(adata_split, batch_key="batch", labels_key="cell_type")
+    model = SCHelix(adata_split, semi_supervised=True, **FAST).train(max_steps=12)
+    assert "unlabelled" not in model.meta["labels"] and model.history["supervised"].notna().any()
+    plain = SCHelix(adata_split, **FAST).train(max_steps=12)  # labels only score by default
+    assert "supervised" not in plain.history

@@ -1,0 +1,151 @@
+"""Background jobs (separate process, progress, cancel, crash) and the workspace step state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from schelix import jobs
+from schelix.errors import SchelixError
+from schelix.workspace import Workspace, list_workspaces
+
+HERE = Path(__file__).resolve().parent
+
+
+# ---- tasks run by the child process (imported there as "test_jobs:<name>") ----
+def quick_task(ctx: jobs.JobContext) -> str:
+    for i in range(3):
+        ctx.progress(step=i + 1, total_steps=3, losses={"total": 1.0 / (i + 1)})
+    ctx.set_status(device="cpu")
+    return f"done with {ctx.params['word']}"
+
+
+def loop_task(ctx: jobs.JobContext) -> str:
+    for i in range(600):
+        ctx.check_cancel()
+        ctx.progress(step=i)
+        time.sleep(0.05)
+    return "not cancelled"
+
+
+def deaf_task(ctx: jobs.JobContext) -> str:
+    ctx.progress(step=0)
+    time.sleep(60)  # never looks at the cancel flag
+    return "slept"
+
+
+def crash_task(ctx: jobs.JobContext) -> str:
+    ctx.progress(step=0)
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+    return "unreachable"
+
+
+def error_task(ctx: jobs.JobContext) -> str:
+    raise SchelixError("The batch column has one batch", "choose another column")
+
+
+@pytest.fixture
+def on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+
+
+def _wait_for_records(job: jobs.Job, timeout: float = 60.0) -> None:
+    end = time.time() + timeout
+    while not job.records() and time.time() < end:
+        time.sleep(0.1)
+
+
+def test_job_runs_in_another_process_and_reports(tmp_path: Path, on_path: None) -> None:
+    job = jobs.start(tmp_path / "job", "test_jobs:quick_task", {"word": "hello"})
+    assert job.status()["pid"] != os.getpid()
+    st = job.wait(timeout=120)
+    assert st["status"] == "finished", st
+    assert st["message"] == "done with hello" and st["device"] == "cpu"
+    assert [r["step"] for r in job.records()] == [1, 2, 3]
+    assert jobs.find(tmp_path / "job") is not None and jobs.find(tmp_path / "none") is None
+
+
+def test_cancel_stops_a_running_job(tmp_path: Path, on_path: None) -> None:
+    job = jobs.start(tmp_path / "job", "test_jobs:loop_task", {})
+    _wait_for_records(job)
+    with pytest.raises(SchelixError, match="already running"):
+        jobs.start(tmp_path / "job", "test_jobs:loop_task", {})
+    job.cancel()
+    st = job.wait(timeout=60)
+    assert st["status"] == "cancelled", st
+    assert len(job.records()) < 600
+
+
+def test_a_job_that_ignores_cancel_is_killed(tmp_path: Path, on_path: None, monkeypatch) -> None:
+    monkeypatch.setattr(jobs, "CANCEL_GRACE_S", 0.2)
+    job = jobs.start(tmp_path / "job", "test_jobs:deaf_task", {})
+    _wait_for_records(job)
+    job.cancel()
+    time.sleep(0.5)
+    assert job.wait(timeout=30)["status"] == "cancelled"
+    pid = job.status()["pid"]
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_a_crashed_process_is_reported_as_failed(tmp_path: Path, on_path: None) -> None:
+    job = jobs.start(tmp_path / "job", "test_jobs:crash_task", {})
+    st = job.wait(timeout=120)
+    assert st["status"] == "failed" and "stopped unexpectedly" in st["message"]
+
+
+def test_a_schelix_error_becomes_the_message(tmp_path: Path, on_path: None) -> None:
+    st = jobs.start(tmp_path / "job", "test_jobs:error_task", {}).wait(timeout=120)
+    assert st["status"] == "failed"
+    assert st["message"] == "The batch column has one batch. Fix: choose another column"
+    st = jobs.start(tmp_path / "job2", "no_such_kind", {}).wait(timeout=120)
+    assert st["status"] == "failed" and "Unknown job kind" in st["message"]
+
+
+def test_workspace_marks_later_steps_stale(tmp_path: Path) -> None:
+    ws = Workspace.create(root=tmp_path, name="t")
+    assert ws.statuses() == dict.fromkeys(("data", "qc", "anchors", "train", "metrics", "export"), "todo")
+    assert ws.ready("qc") == "data"
+    for step in ("data", "qc", "anchors", "train"):
+        ws.mark_done(step, {"x": 1})
+    assert ws.ready("export") is None and ws.ready("metrics") is None
+    ws.mark_done("qc", {"min_genes": 100})
+    st = ws.statuses()
+    assert st["data"] == "done" and st["qc"] == "done"
+    assert st["anchors"] == "stale" and st["train"] == "stale" and st["metrics"] == "todo"
+    assert ws.ready("train") == "anchors"
+    assert ws.params("qc") == {"min_genes": 100}
+
+
+def test_a_job_result_made_with_old_settings_is_stale(tmp_path: Path) -> None:
+    ws = Workspace.create(root=tmp_path)
+    for step in ("data", "qc", "anchors"):
+        ws.mark_done(step)
+    revs = ws.upstream_revs("train")  # the job starts
+    ws.mark_done("anchors", {"tau_dom": 0.5})  # the user applies a new split meanwhile
+    assert ws.mark_done("train", {}, upstream_revs=revs) == "stale"
+    assert ws.mark_done("train", {}, upstream_revs=ws.upstream_revs("train")) == "done"
+    ws.invalidate("qc")
+    assert ws.status("qc") == "todo" and ws.status("train") == "stale"
+
+
+def test_workspaces_reopen_and_bad_ids_are_refused(tmp_path: Path) -> None:
+    a = Workspace.create(root=tmp_path, name="first")
+    b = Workspace.create(root=tmp_path, name="second")
+    b.mark_done("data")
+    assert Workspace.open(a.id, root=tmp_path).name == "first"
+    listed = list_workspaces(root=tmp_path)
+    assert [r["id"] for r in listed] == [b.id, a.id] and listed[0]["steps_done"] == ["data"]
+    for bad in ("nope", "../etc", ""):
+        with pytest.raises(SchelixError, match="no workspace"):
+            Workspace.open(bad, root=tmp_path)
+    with pytest.raises(SchelixError, match="no result yet"):
+        a.load_adata("qc")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
