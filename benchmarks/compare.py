@@ -68,7 +68,7 @@ def parse_params(items: list[str]) -> dict[str, dict]:
 
 def _printer(dataset: str):
     def progress(fraction: float, message: str) -> None:
-        if message.endswith(("starting", "done")) or ": failed:" in message:
+        if message.endswith(": starting") or ": finished in" in message or ": failed:" in message:
             print(f"  {time.strftime('%H:%M:%S')} {dataset} {100 * fraction:5.1f}% {message}",
                   flush=True)
 

@@ -149,8 +149,10 @@ def score_genes(adata: AnnData, *, batch_key: str, n_pcs: int = 50, n_neighbors:
     sc.pp.pca(tmp, n_comps=n_comps, zero_center=True, random_state=seed)
     adata.obsm["X_schelix_pca"] = tmp.obsm["X_pca"].astype(np.float32)
     previous = dict(_uns(adata))
+    # exact sklearn kNN + Gaussian kernel weights: no numba JIT (umap/pynndescent compile for
+    # ~20-60 s on first use in every process, which every CLI run and app job would pay)
     sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep="X_schelix_pca", key_added="schelix",
-                    random_state=seed)
+                    method="gauss", transformer="sklearn", random_state=seed)
     adata.uns["schelix"] = {**previous, **dict(adata.uns["schelix"])}  # scanpy replaced it
     clusters = leiden_labels(adata.obsp["schelix_connectivities"], resolution=resolution, seed=seed)
     adata.obs["schelix_pseudo_cluster"] = pd.Series(clusters, index=adata.obs_names)

@@ -144,11 +144,13 @@ def compare(
                 raise cancel[0] from None
             row["status"], row["error"] = "error", _error_text(err)
         rows.append(row)
-        report((i + 1) / len(runs),
-               f"{prefix}: " + ("done" if row["status"] == "ok" else f"failed: {row['error']}"))
+        report((i + 1) / len(runs), f"{prefix}: " + (
+            f"finished in {row['seconds']:.1f} s" if row["status"] == "ok"
+            else f"failed: {row['error']}"))
 
     df = pd.DataFrame(rows)
-    _store(adata, df, batch_key=batch_key, label_key=label_key, device=device)
+    _store(adata, df, batch_key=batch_key, label_key=label_key, device=device,
+           methods=list(methods), seeds=list(seeds))
     if csv is not None:
         Path(csv).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(csv, index=False)

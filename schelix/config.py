@@ -15,7 +15,7 @@ from schelix.errors import SchelixError
 __all__ = ["SCHelixConfig", "ABLATIONS", "config_help"]
 
 
-def _f(default: Any, help: str, group: str = "model") -> Any:  # noqa: A002
+def _f(default: Any, help: str, group: str = "model") -> Any:
     return field(default=default, metadata={"help": help, "group": group})
 
 
@@ -53,6 +53,9 @@ class SCHelixConfig:
     refine_alpha_max: float = _f(1.5, "Refinement bound alpha_max. 0 = ablation S3.2 (no Refine).")
     refine_temperature: float = _f(0.3, "Softmax temperature of the Refine cross-attention.")
     refine_tokens: int = _f(8, "Tokens each cell's embedding is split into for cross-attention.")
+    refine_from_aligned: bool = _f(
+        True, "Refine and fuse with the aligned variant embedding (predictor output), not the raw one."
+    )
     fusion: str = _f("hyper", "'hyper' = HyperFusion; 'sum' = simple sum (ablation S4).")
     fusion_rank: int = _f(8, "Rank of the hypernetwork's low-rank MLP factors.")
     fusion_delta_scale: float = _f(0.6, "Residual scaling lambda_Delta of HyperFusion.")

@@ -173,7 +173,6 @@ class SCHelix:
         if self.module is None:
             self.seed = seed
             torch.manual_seed(seed)
-            np.random.seed(seed)
             self._data = self._prepare()
             self._build()
         elif self._data is None:
@@ -237,9 +236,13 @@ class SCHelix:
                 "module": self.module.state_dict(),
                 "meta": self.meta,
                 "setup": {"batch_key": self.batch_key, "labels_key": self.labels_key or ""},
-                "state": {"step": self.state.step, "history": self.state.history,
-                          "optimizer": self.state.optimizer, "seconds": self.state.seconds,
-                          "snapshots": self.state.snapshots},  # fmt: skip
+                "state": {
+                    "step": self.state.step,
+                    "history": self.state.history,
+                    "optimizer": self.state.optimizer,
+                    "seconds": self.state.seconds,
+                    "snapshots": self.state.snapshots,
+                },
                 "seed": self.seed,
             },
             path / "model.pt",

@@ -53,7 +53,7 @@ class StepRecord:
     eta: float
 
 
-class StopTraining(Exception):  # noqa: N818 - it is a signal, not an error
+class StopTraining(Exception):
     """Raise from a callback (or return ``True`` from ``should_stop``) to end training early."""
 
 

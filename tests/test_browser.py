@@ -92,6 +92,7 @@ def _settle(page, timeout: float = LONG / 1000) -> None:
 def _shot(page, name: str) -> None:
     _settle(page)
     page.mouse.move(0, 0)  # no tooltip in the picture
+    page.evaluate("document.activeElement && document.activeElement.blur()")
     text = page.inner_text("body")
     assert "Traceback" not in text and "This app has encountered an error" not in text, text[:2000]
     ARTIFACTS.mkdir(exist_ok=True)

@@ -79,11 +79,23 @@ def test_stored_and_round_trips_h5ad(data, table, tmp_path):
     pd.testing.assert_frame_equal(back, table, check_dtype=False)
 
 
-def test_csv_and_label_free(data, tmp_path):
+def test_csv_and_label_free(data, tmp_path, monkeypatch):
+    from schelix import evaluate
+
+    seen = []
+
+    def fake_label_free(adata, embedding, *, batch_key, seed=0):
+        seen.append((embedding, batch_key, seed))
+        return {"iLISI": 0.25, "LabelFree": 0.5}
+
+    # the label-free path itself is tested in test_evaluate; here: compare takes it
+    monkeypatch.setattr(evaluate, "label_free_score", fake_label_free)
     csv = tmp_path / "out" / "comparison.csv"
-    df = compare(data, batch_key="batch", methods=("pca",), device="cpu", csv=csv)
+    df = compare(data, batch_key="batch", methods=("pca",), device="cpu", seeds=(7,), csv=csv)
+    assert seen == [("X_pca", "batch", 7)]
     assert df["obsm_key"].tolist() == ["X_pca"]  # single seed: the plain key
-    assert "iLISI" in df.columns and "ASW_ct" not in df.columns
+    assert df[["iLISI", "LabelFree"]].values.tolist() == [[0.25, 0.5]]
+    assert "ASW_ct" not in df.columns
     pd.testing.assert_frame_equal(pd.read_csv(csv, keep_default_na=False), df,
                                   check_dtype=False)
 

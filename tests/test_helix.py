@@ -19,7 +19,7 @@ def _model(adata, **kw):
 
 
 def test_setup_errors_name_problem_and_fix(adata_split):
-    with pytest.raises(SchelixError, match="not in adata.obs.*Fix: choose one of"):
+    with pytest.raises(SchelixError, match=r"not in adata\.obs.*Fix: choose one of"):
         SCHelix.setup_anndata(adata_split, batch_key="donor")
     one = adata_split.copy()
     one.obs["batch"] = "b0"

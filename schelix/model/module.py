@@ -61,6 +61,7 @@ class SCHelixModule(nn.Module):
         self.dec_anchor = Decoder(d, n_anchor, hidden=c.decoder_hidden, n_batches=nb)
         self.dec_fused = Decoder(d, n_variant + n_anchor, hidden=c.decoder_hidden, n_batches=nb)
         self.aligner = Aligner(d)
+        self.aligned_norm = nn.LayerNorm(d)
         self.refiner = Refiner(
             d, n_tokens=c.refine_tokens, temperature=c.refine_temperature,
             alpha_init=c.refine_alpha_init, alpha_max=c.refine_alpha_max,
@@ -78,8 +79,10 @@ class SCHelixModule(nn.Module):
         p_s, align = self.aligner(h_var, h_inv)
         out = {"variant": h_var, "variant_aligned": p_s, "anchor": h_inv, "align": align}
         if fuse:
-            h_ref, alpha = self.refiner(h_inv, h_var)
-            h_fused, gate = self.fusion(h_ref, h_var)
+            # the variant details that Refine and HyperFusion read: aligned (denoised) or raw
+            detail = self.aligned_norm(p_s) if self.config.refine_from_aligned else h_var
+            h_ref, alpha = self.refiner(h_inv, detail)
+            h_fused, gate = self.fusion(h_ref, detail)
             out.update(anchor_refined=h_ref, fused=h_fused, alpha=alpha, gate=gate)
         return out
 
