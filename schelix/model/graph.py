@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
+
+
+def _to_csr(p: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch flags sparse CSR as "beta" on every conversion
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return p.to_sparse_csr()
 
 __all__ = ["LearnableGeneGraph"]
 
@@ -70,7 +78,7 @@ class LearnableGeneGraph(nn.Module):
         p_grad = None
         if rebuild:
             p = self.build()
-            self._cached = p.detach().to_sparse_csr()
+            self._cached = _to_csr(p.detach())
             if training:
                 p_grad = p
         if training:
@@ -81,7 +89,7 @@ class LearnableGeneGraph(nn.Module):
         """The current cached ``P`` as a dense tensor (for inspection and tests)."""
         if self._cached is None:
             with torch.no_grad():
-                self._cached = self.build().to_sparse_csr()
+                self._cached = _to_csr(self.build())
         return self._cached.to_dense()
 
     def get_extra_state(self) -> dict:
@@ -92,7 +100,7 @@ class LearnableGeneGraph(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self._step = int(state["step"])
         cached = state["cached"]
-        self._cached = None if cached is None else cached.to(self.query.device).to_sparse_csr()
+        self._cached = None if cached is None else _to_csr(cached.to(self.query.device))
 
     def _apply(self, fn, recurse: bool = True):  # keep the cache on the module's device
         out = super()._apply(fn, recurse)
