@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from schelix.errors import SchelixError, SchelixWarning
+from schelix.preprocess import hvg_mask
 
 __all__ = ["STREAMS", "gene_profile", "quadrant", "score_genes", "split_anchors", "suggest_thresholds"]
 
@@ -40,14 +41,6 @@ def _check_batch(adata: AnnData, batch_key: str) -> pd.Categorical:
         raise SchelixError(f"Batch column {batch_key!r} has only one batch",
                            "anchor discovery needs at least two batches; pick another batch column")
     return batch
-
-
-def _hvg_mask(adata: AnnData) -> np.ndarray:
-    if "highly_variable" not in adata.var:
-        warnings.warn("var['highly_variable'] is missing: scoring all genes as the HVG pool",
-                      SchelixWarning, stacklevel=3)
-        return np.ones(adata.n_vars, dtype=bool)
-    return adata.var["highly_variable"].to_numpy(dtype=bool)
 
 
 def indicator(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
@@ -120,7 +113,7 @@ def score_genes(adata: AnnData, *, batch_key: str, n_pcs: int = 50, n_neighbors:
     import scanpy as sc
 
     batch = _check_batch(adata, batch_key)
-    hvg = _hvg_mask(adata)
+    hvg = hvg_mask(adata)
     x = adata.X[:, hvg]
     x = sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x) else sp.csr_matrix(np.asarray(x, np.float32))
     if x.nnz and x.data.max() > 50 and np.all(np.mod(x.data[:1000], 1) == 0):

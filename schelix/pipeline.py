@@ -78,7 +78,7 @@ def write_results(model: SCHelix, *, key_added: str = "X_schelix", seconds: floa
     hist = model.history
     uns = adata.uns.setdefault("schelix", {})
     uns["train"] = {
-        **{k: v for k, v in model.config.to_dict().items()},
+        **model.config.to_dict(),
         "key_added": key_added,
         "device": model.device or "cpu",
         "seed": int(model.seed or 0),

@@ -21,6 +21,7 @@ from schelix.io import find_counts, validate
 
 __all__ = [
     "MITO_PREFIXES",
+    "hvg_mask",
     "filter_qc",
     "highly_variable",
     "normalize",
@@ -291,3 +292,22 @@ def preprocess(
     rec = _record(out)
     rec.update(batch_key=str(batch_key), counts_found="counts" in out.layers)
     return out
+
+
+def hvg_mask(adata: ad.AnnData) -> np.ndarray:
+    """Boolean mask of the shared HVG pool (``var["highly_variable"]``).
+
+    Falls back to every gene, with a :class:`~schelix.errors.SchelixWarning`,
+    when the AnnData was not run through :func:`schelix.pp.preprocess`.
+    """
+    if "highly_variable" in adata.var:
+        mask = np.asarray(adata.var["highly_variable"], dtype=bool)
+        if mask.sum() >= 2:
+            return mask
+    warnings.warn(
+        "var['highly_variable'] is missing or empty; using every gene "
+        "(run schelix.pp.preprocess first to select the shared HVG pool)",
+        SchelixWarning,
+        stacklevel=2,
+    )
+    return np.ones(adata.n_vars, dtype=bool)

@@ -35,9 +35,9 @@ def schelix(
     ``params`` are :class:`schelix.SCHelixConfig` fields (and ``max_steps``).
     """
     from schelix.pipeline import integrate
+    from schelix.preprocess import hvg_mask
 
-    hvg = adata.var["highly_variable"].to_numpy() if "highly_variable" in adata.var else slice(None)
-    work = adata[:, hvg].copy()
+    work = adata[:, hvg_mask(adata)].copy()
     for key in [k for k in work.var if k.startswith("schelix_")]:
         del work.var[key]  # re-score on this copy: no state leaks between runs
     cbs = [_Progress(progress)] if progress is not None else []

@@ -7,36 +7,17 @@ one place: :func:`scaled_hvg_pca`.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from schelix.errors import SchelixError, SchelixWarning
+from schelix.errors import SchelixError
 from schelix.methods.base import ProgressCallback, register
+from schelix.preprocess import hvg_mask
 
 __all__ = ["hvg_mask", "pca", "scaled_hvg_pca", "scaled_pca"]
-
-
-def hvg_mask(adata: ad.AnnData) -> np.ndarray:
-    """Boolean mask of the shared HVG pool (``var["highly_variable"]``).
-
-    Falls back to every gene, with a :class:`~schelix.errors.SchelixWarning`,
-    when the AnnData was not run through :func:`schelix.pp.preprocess`.
-    """
-    if "highly_variable" in adata.var:
-        mask = np.asarray(adata.var["highly_variable"], dtype=bool)
-        if mask.sum() >= 2:
-            return mask
-    warnings.warn(
-        "var['highly_variable'] is missing or empty; using every gene for the PCA "
-        "(run schelix.pp.preprocess first to select the shared HVG pool)",
-        SchelixWarning,
-        stacklevel=2,
-    )
-    return np.ones(adata.n_vars, dtype=bool)
 
 
 def scaled_pca(
