@@ -11,6 +11,7 @@ Usage (from the repository root)::
         --out benchmarks/results/compare.csv
     python3 benchmarks/compare.py                       # everything: 3 datasets, all methods, 3 seeds
     python3 benchmarks/compare.py --param scvi.max_epochs=100 --param sysvi.max_epochs=100
+    python3 benchmarks/compare.py --combine a.csv b.csv --out all.csv   # merge earlier runs' rows
 
 Writes every per-seed row to ``--out``, the aggregated table to ``*_summary.csv`` and the
 markdown tables to ``*.md``; prints the markdown.
@@ -121,6 +122,10 @@ def markdown(summary: pd.DataFrame) -> str:
                 cells = [f"failed: {row['error'][:100]}"] + ["-"] * (len(cols) - 1)
             lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += ["Peak mem: peak resident-set growth of the benchmark process during each run. "
+              "Memory an earlier method freed is reused without growth, so methods run later in "
+              "the same process (sysVI right after scVI, for instance) are understated; compare "
+              "footprints with one method per process (`--methods NAME`).", ""]
     return "\n".join(lines)
 
 
@@ -140,11 +145,22 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                    help="QC mito cap; 100 = off (pbmc_3chem has a median of 10.6 %% mito reads, "
                    "so the package default of 5 %% would drop most of its cells)")
     p.add_argument("--out", default="benchmarks/results/compare.csv")
+    p.add_argument("--combine", nargs="+", metavar="CSV",
+                   help="run nothing: merge the per-seed CSVs of earlier runs (e.g. one per "
+                   "dataset, run in parallel) into one table")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
 
-    df = run(args.datasets, args.methods, args.seeds, device=args.device,
-             params=parse_params(args.param), max_mito_pct=args.max_mito_pct)
+    if args.combine:
+        # per-seed tables only: a glob may also catch *_summary.csv files and --out itself
+        tables = [pd.read_csv(f) for f in args.combine if Path(f).resolve() != Path(args.out).resolve()]
+        df = pd.concat([t for t in tables if {"dataset", "method", "seed"} <= set(t.columns)],
+                       ignore_index=True)
+        rank = {name: i for i, name in enumerate([*DATASETS, *registered])}
+        df = df.sort_values(["dataset", "method"], key=lambda c: c.map(rank), kind="stable")
+    else:
+        df = run(args.datasets, args.methods, args.seeds, device=args.device,
+                 params=parse_params(args.param), max_mito_pct=args.max_mito_pct)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)

@@ -201,6 +201,8 @@ def run_method(
 
     Runtime is wall time; peak memory is the peak resident-set growth of this
     process during the run (plus peak CUDA memory when the method used a GPU).
+    Memory freed by earlier work in the same process is reused without growth, so
+    the figure is a lower bound unless the method runs in a fresh process.
     """
     spec = get_method(name)
     if batch_key not in adata.obs:
