@@ -7,6 +7,7 @@ import pytest
 
 import schelix
 from schelix.cli import main
+from schelix.config import SCHelixConfig
 
 FAST = ["--set", "batch_size=64", "--set", "n_prototypes=6", "--set", "mixup_k=20"]
 
@@ -25,7 +26,7 @@ def test_run_then_evaluate(counts_h5ad, tmp_path, capsys):
                  "--save-model", str(tmp_path / "model"), *FAST])  # fmt: skip
     assert code == 0
     back = ad.read_h5ad(out)
-    assert back.obsm["X_schelix"].shape == (back.n_obs, 64)
+    assert back.obsm["X_schelix"].shape == (back.n_obs, SCHelixConfig().latent_dim)
     for stage in ("variant", "variant_aligned", "anchor", "anchor_refined"):
         assert f"X_schelix_{stage}" in back.obsm
     streams = set(back.var["schelix_stream"].astype(str))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from schelix import SCHelix, SchelixError
+from schelix.config import SCHelixConfig
 from schelix.model import STAGES
 from schelix.pipeline import integrate
 from schelix.train import Callback, StepRecord
@@ -57,7 +58,7 @@ def test_callbacks_see_steps_snapshots_and_can_cancel(adata_split):
             self.records.append(record)
 
         def on_snapshot(self, step, fused):
-            assert fused.shape == (adata_split.n_obs, 64)
+            assert fused.shape == (adata_split.n_obs, SCHelixConfig().latent_dim)
             self.snaps.append(step)
 
         def should_stop(self):
@@ -74,7 +75,7 @@ def test_callbacks_see_steps_snapshots_and_can_cancel(adata_split):
 def test_stages_and_save_load_resume(adata_split, tmp_path):
     model = _model(adata_split).train(max_steps=20)
     lat = {s: model.get_latent_representation(s) for s in STAGES}
-    assert all(v.shape == (adata_split.n_obs, 64) for v in lat.values())
+    assert all(v.shape == (adata_split.n_obs, SCHelixConfig().latent_dim) for v in lat.values())
     with pytest.raises(SchelixError, match="Unknown stage"):
         model.get_latent_representation("teacher")
     model.save(tmp_path / "m")
@@ -90,7 +91,7 @@ def test_integrate_writes_documented_slots(adata_split):
     integrate(adata_split, batch_key="batch", max_steps=20, seed=1, **FAST)
     for key in ("X_schelix", "X_schelix_variant", "X_schelix_variant_aligned", "X_schelix_anchor",
                 "X_schelix_anchor_refined", "X_schelix_snapshot_10", "X_schelix_snapshot_20"):  # fmt: skip
-        assert adata_split.obsm[key].shape == (adata_split.n_obs, 64)
+        assert adata_split.obsm[key].shape == (adata_split.n_obs, SCHelixConfig().latent_dim)
     train = adata_split.uns["schelix"]["train"]
     assert train["steps"] == 20 and train["seed"] == 1 and train["device"] == "cpu"
     assert train["batch_size"] == 64 and list(train["snapshot_steps"]) == [10, 20]
