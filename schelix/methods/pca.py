@@ -17,7 +17,7 @@ from schelix.errors import SchelixError
 from schelix.methods.base import ProgressCallback, register
 from schelix.preprocess import hvg_mask
 
-__all__ = ["hvg_mask", "pca", "scaled_hvg_pca", "scaled_pca"]
+__all__ = ["pca", "scaled_hvg_pca", "scaled_pca"]
 
 
 def scaled_pca(

@@ -7,13 +7,13 @@ import warnings
 import torch
 from torch import nn
 
+__all__ = ["LearnableGeneGraph"]
+
 
 def _to_csr(p: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():  # torch flags sparse CSR as "beta" on every conversion
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return p.to_sparse_csr()
-
-__all__ = ["LearnableGeneGraph"]
 
 
 class LearnableGeneGraph(nn.Module):
