@@ -17,7 +17,16 @@ from schelix.config import SCHelixConfig
 from schelix.errors import SchelixError
 from schelix.methods.base import resolve_device
 from schelix.model.module import STAGES, SCHelixModule
-from schelix.train import Callback, TrainData, TrainState, embed_all, fit, mixup_neighbors, schedule
+from schelix.train import (
+    Callback,
+    TrainData,
+    TrainState,
+    embed_all,
+    fit,
+    mixup_neighbors,
+    mnn_partners,
+    schedule,
+)
 
 __all__ = ["SCHelix", "UNLABELLED"]
 
@@ -140,12 +149,16 @@ class SCHelix:
 
                 pca = PCA(30, random_state=0).fit_transform(x)
             neighbors = mixup_neighbors(np.asarray(pca)[:, :30], c.mixup_k)
+        partners = None
+        if c.w_mnn_variant > 0:
+            partners = mnn_partners(x_anc, batch, k=c.mnn_k, seed=self.seed or 0)
         return TrainData(
             torch.as_tensor(np.ascontiguousarray(x_var, dtype=np.float32)),
             torch.as_tensor(x_anc),
             torch.as_tensor(batch.astype(np.int64)),
             labels,
             neighbors,
+            partners,
         )
 
     def _build(self) -> None:
@@ -286,3 +299,4 @@ class SCHelix:
         n_var, n_anc = len(self.meta.get("variants", [])), len(self.meta.get("anchors", []))
         status = f"trained {self.state.step} steps on {self.device}" if self.is_trained else "not trained"
         return f"SCHelix({self.adata.n_obs} cells, {n_anc} anchors, {n_var} variants; {status})"
+

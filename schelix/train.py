@@ -24,6 +24,7 @@ __all__ = [
     "fit",
     "embed_all",
     "mixup_neighbors",
+    "mnn_partners",
 ]
 
 
@@ -80,6 +81,7 @@ class TrainData:
     batch: torch.Tensor
     labels: torch.Tensor | None = None
     neighbors: torch.Tensor | None = None
+    partners: torch.Tensor | None = None
 
     @property
     def n_cells(self) -> int:
@@ -122,6 +124,56 @@ def mixup_neighbors(pca: np.ndarray, k: int, *, chunk: int = 2048) -> torch.Tens
         out.append(torch.topk(d, k, dim=1, largest=False).indices.to(torch.int32))
     return torch.cat(out)
 
+
+def mnn_partners(x_anchor: np.ndarray, batch: np.ndarray, *, k: int = 10, seed: int = 0) -> torch.Tensor:
+    """Mutual nearest neighbours across batches in the PCA (30 components) of the anchor genes.
+
+    Anchors are batch-stable, so a cross-batch MNN pair there is most likely the same cell state
+    seen in two batches (the MNN idea of Haghverdi et al. 2018, on the scaffold).
+
+    Parameters
+    ----------
+    x_anchor
+        Cells x anchor genes (scaled).
+    batch
+        Integer batch code of each cell.
+    k
+        Neighbours searched in each other batch.
+    seed
+        Random state of the PCA.
+
+    Returns
+    -------
+    ``(n_cells, k)`` int64 tensor of partner indices: the first ones are a cell's partners, the
+    rest repeat them, so any column is a real partner; all ``-1`` for a cell without one.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+
+    n = len(x_anchor)
+    z = PCA(max(1, min(30, x_anchor.shape[1] - 1, n - 1)), random_state=seed).fit_transform(x_anchor)
+    pairs = []
+    codes = np.unique(batch)
+    for i, a in enumerate(codes):
+        for b in codes[i + 1 :]:
+            ia, ib = np.flatnonzero(batch == a), np.flatnonzero(batch == b)
+            ka, kb = min(k, len(ib)), min(k, len(ia))
+            nab = NearestNeighbors(n_neighbors=ka).fit(z[ib]).kneighbors(z[ia], return_distance=False)
+            nba = NearestNeighbors(n_neighbors=kb).fit(z[ia]).kneighbors(z[ib], return_distance=False)
+            mutual = (nba[nab] == np.arange(len(ia))[:, None, None]).any(axis=2)  # (|ia|, ka)
+            r, c = np.nonzero(mutual)
+            u, v = ia[r], ib[nab[r, c]]
+            pairs += [np.stack([u, v], 1), np.stack([v, u], 1)]
+    out = np.full((n, k), -1, dtype=np.int64)
+    if pairs:
+        pr = np.concatenate(pairs)
+        pr = pr[np.lexsort((pr[:, 1], pr[:, 0]))]
+        start = np.searchsorted(pr[:, 0], np.arange(n))
+        count = np.minimum(np.searchsorted(pr[:, 0], np.arange(n), side="right") - start, k)
+        has = count > 0
+        col = np.arange(k)[None, :] % np.maximum(count, 1)[:, None]  # repeat to fill the row
+        out[has] = pr[(start[:, None] + col)[has], 1]
+    return torch.as_tensor(out)
 
 def _mix(data: TrainData, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     xv, xi = data.x_variant[idx], data.x_anchor[idx]
@@ -201,9 +253,17 @@ def fit(
             pos += batch_size
             xv, xi, labels = _mix(data if config.mixup else plain, idx, gen)
             fuse = state.step >= warmup
+            x_partner = has_partner = None
+            if data.partners is not None:
+                pp = data.partners[idx]
+                pp = pp[torch.arange(len(idx)), torch.randint(pp.shape[1], (len(idx),), generator=gen)].long()
+                has_partner = pp >= 0
+                x_partner = data.x_variant[pp[has_partner]].to(device)
+                has_partner = has_partner.to(device)
             total_loss, terms = module.losses(
                 xv.to(device), xi.to(device), data.batch[idx].to(device),
                 None if labels is None else labels.to(device), fuse=fuse, generator=gen,
+                x_partner=x_partner, has_partner=has_partner,
             )  # fmt: skip
             opt.zero_grad(set_to_none=True)
             total_loss.backward()

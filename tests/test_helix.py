@@ -45,6 +45,7 @@ def test_cpu_training_is_repeatable_and_records_every_term(adata_split):
     assert warm["kd"].isna().all() and fuse["kd"].notna().all()
     for term in ("rec_variant", "rec_anchor", "align", "conn_variant", "conn_anchor", "total"):
         assert hist[term].notna().all()
+    assert hist["mnn_variant"].notna().all()  # on by default: every batch holds MNN partners
     assert a.device == "cpu"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,7 +112,8 @@ def test_distillation_ignores_unconfident_cells():
 
 @pytest.mark.parametrize("ablation", sorted(ABLATIONS))
 def test_every_ablation_builds_and_steps(ablation):
-    cfg = SCHelixConfig().replace(latent_dim=16, refine_tokens=4, n_prototypes=4, **ABLATIONS[ablation])
+    small = {"latent_dim": 16, "refine_tokens": 4, "n_prototypes": 4}  # sizes only, for speed
+    cfg = SCHelixConfig().replace(**{**ABLATIONS[ablation], **small})
     torch.manual_seed(0)
     m = SCHelixModule(30, 20, 2, 3, cfg)
     xv, xi = torch.randn(12, 30), torch.randn(12, 20)
@@ -121,3 +123,36 @@ def test_every_ablation_builds_and_steps(ablation):
         total.backward()
         assert torch.isfinite(total) and set(terms) <= set(LOSS_TERMS)
     assert set(m.embed(xv, xi)) == set(STAGES)
+
+
+def test_mnn_partners_are_mutual_and_cross_batch():
+    from schelix.train import mnn_partners
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 5, (3, 8))
+    types = np.repeat(np.arange(3), 40)
+    batch = np.tile([0, 1], 60)
+    shift = np.where(batch[:, None] == 1, 2.0, 0.0)  # a batch shift along every gene
+    x = (centers[types] + shift + rng.normal(0, 0.3, (120, 8))).astype(np.float32)
+    partners = mnn_partners(x, batch, k=5).numpy()
+    rows, cols = np.nonzero(partners >= 0)
+    assert len(rows) > 0
+    for i, j in zip(rows, partners[rows, cols]):
+        assert batch[i] != batch[j]  # only across batches
+        assert i in partners[j]  # mutual
+        assert types[i] == types[j]  # the shift is smaller than the type gaps
+    assert (mnn_partners(x, np.zeros(120, dtype=int), k=5).numpy() == -1).all()  # one batch: none
+
+
+def test_mnn_term_pulls_partners_and_is_recorded():
+    cfg = SCHelixConfig().replace(latent_dim=16, refine_tokens=4, n_prototypes=4, w_mnn_variant=1.0)
+    torch.manual_seed(0)
+    m = SCHelixModule(30, 20, 2, 0, cfg)
+    xv, xi, batch = torch.randn(12, 30), torch.randn(12, 20), torch.randint(0, 2, (12,))
+    has = torch.tensor([True, False] * 6)
+    _, terms = m.losses(xv, xi, batch, None, fuse=True, x_partner=xv[has], has_partner=has)
+    assert terms["mnn_variant"].item() == pytest.approx(0.0, abs=1e-5)  # each its own partner
+    _, terms = m.losses(xv, xi, batch, None, fuse=True, x_partner=-xv[has], has_partner=has)
+    assert terms["mnn_variant"].item() > 0.05 and "mnn_variant" in LOSS_TERMS
+    _, terms = m.losses(xv, xi, batch, None, fuse=True)
+    assert "mnn_variant" not in terms

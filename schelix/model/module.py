@@ -24,7 +24,7 @@ STAGES = ("variant", "variant_aligned", "anchor", "anchor_refined", "fused")
 #: Every loss term a step can report (warm-up terms first); "total" is their weighted sum.
 LOSS_TERMS = (
     "rec_variant", "rec_anchor", "align", "conn_variant", "conn_anchor",
-    "rec_fused", "kd", "conn_fused", "supervised",
+    "mnn_variant", "rec_fused", "kd", "conn_fused", "supervised",
 )  # fmt: skip
 
 
@@ -74,10 +74,11 @@ class SCHelixModule(nn.Module):
 
     def forward(self, x_var: torch.Tensor, x_inv: torch.Tensor, *, fuse: bool = True) -> dict[str, torch.Tensor]:
         """Every stage embedding of a batch of cells (``fuse=False`` stops after Align)."""
-        h_var = self.enc_variant(x_var)
+        w_var = self.enc_variant.effective_weight()
+        h_var = self.enc_variant(x_var, w_var)
         h_inv = self.enc_anchor(x_inv)
         p_s, align = self.aligner(h_var, h_inv)
-        out = {"variant": h_var, "variant_aligned": p_s, "anchor": h_inv, "align": align}
+        out = {"variant": h_var, "variant_aligned": p_s, "anchor": h_inv, "align": align, "w_var": w_var}
         if fuse:
             # the variant details that Refine and HyperFusion read: aligned (denoised) or raw
             detail = self.aligned_norm(p_s) if self.config.refine_from_aligned else h_var
@@ -95,8 +96,15 @@ class SCHelixModule(nn.Module):
         *,
         fuse: bool,
         generator: torch.Generator | None = None,
+        x_partner: torch.Tensor | None = None,
+        has_partner: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(total, terms)`` of one training step (paper Eq. 9 + I_fuse * Eq. 10)."""
+        """``(total, terms)`` of one training step (paper Eq. 9 + I_fuse * Eq. 10).
+
+        ``x_partner`` holds the variant inputs of one cross-batch MNN partner for each cell
+        where ``has_partner`` is true (:func:`schelix.helix.mnn_partners`); with them the
+        ``mnn_variant`` term ``1 - cos(h_var(i), h_var(partner))`` is added.
+        """
         c = self.config
         out = self.forward(x_var, x_inv, fuse=fuse)
         onehot = F.one_hot(batch, self.n_batches).to(x_var.dtype)
@@ -114,6 +122,13 @@ class SCHelixModule(nn.Module):
             "rec_variant": c.w_rec_variant, "rec_anchor": c.w_rec_anchor, "align": c.w_align,
             "conn_variant": c.w_conn_variant, "conn_anchor": c.w_conn_anchor,
         }  # fmt: skip
+        # cross-batch MNN pairs (found in the batch-stable anchor space) pulled together in the
+        # variant embedding: the variants keep their own biology but lose the batch shift
+        if x_partner is not None and has_partner is not None and bool(has_partner.any()):
+            h_p = self.enc_variant(x_partner, out["w_var"])
+            cos = F.cosine_similarity(out["variant"][has_partner], h_p, dim=1)
+            terms["mnn_variant"] = (1 - cos).mean()
+            weights["mnn_variant"] = c.w_mnn_variant
         if fuse:
             x_full = torch.cat([x_var, x_inv], 1)
             fused = out["fused"]
