@@ -57,31 +57,25 @@ class SCHelixConfig:
     refine_alpha_max: float = _f(1.5, "Refinement bound alpha_max. 0 = ablation S3.2 (no Refine).")
     refine_temperature: float = _f(0.3, "Softmax temperature of the Refine cross-attention.")
     refine_tokens: int = _f(8, "Tokens each cell's embedding is split into for cross-attention.")
-    # Defaults below that differ from SPEC §4 were measured over 3 seeds on the three benchmark
-    # datasets (benchmarks/EXPERIMENTS.md, session 3): the cross-batch MNN term on the variant
-    # embedding, Refine/Fuse reading the raw variant embedding (as SPEC writes it), a larger
-    # fusion residual and no fused-phase self-training took Kang 0.781 -> 0.800 and pbmc_3chem
-    # 0.880 -> 0.892 (CellBench 0.914 -> 0.909, within its seed spread). The preset
-    # ABLATIONS["paper_spec"] restores SPEC's values.
     refine_from_aligned: bool = _f(
-        False, "Refine and fuse with the aligned variant embedding (predictor output), not the raw one."
+        True, "Refine and fuse with the aligned variant embedding (predictor output), not the raw one."
     )
     fusion: str = _f("hyper", "'hyper' = HyperFusion; 'sum' = simple sum (ablation S4).")
     fusion_rank: int = _f(8, "Rank of the hypernetwork's low-rank MLP factors.")
-    fusion_delta_scale: float = _f(2.0, "Residual scaling lambda_Delta of HyperFusion (SPEC: 0.6).")
+    fusion_delta_scale: float = _f(0.6, "Residual scaling lambda_Delta of HyperFusion.")
     # --- self-training (SPEC §4) ---
     n_prototypes: int = _f(24, "Teacher prototypes K (EMA over anchor embeddings).")
     prototype_momentum: float = _f(0.99, "EMA momentum of the teacher prototypes.")
     conn_temperature: float = _f(0.1, "Temperature of the prototype softmax in L_conn.")
     w_conn_variant: float = _f(0.08, "Connectivity loss weight, variant stream.")
     w_conn_anchor: float = _f(0.2, "Connectivity loss weight, anchor stream.")
-    w_conn_fused: float = _f(0.0, "Connectivity loss weight, fused embedding (SPEC: 0.2; 0 = ablation S5.2).")
+    w_conn_fused: float = _f(0.2, "Connectivity loss weight, fused embedding. 0 = ablation S5.2.")
     w_mnn_variant: float = _f(
-        1.0, "Weight of the cross-batch MNN term: mutual nearest neighbours across batches in the anchor-gene "
+        0.0, "Weight of the cross-batch MNN term: mutual nearest neighbours across batches in the anchor-gene "
         "PCA are pulled together in the variant embedding (1 - cosine). 0 = off."
     )
     mnn_k: int = _f(10, "Neighbours searched in each other batch when pairing cells for the MNN term.")
-    w_kd: float = _f(0.0, "Confidence-weighted distillation weight (SPEC: 0.5; 0 = ablation S5.1).")
+    w_kd: float = _f(0.5, "Confidence-weighted distillation weight. 0 = ablation S5.1.")
     kd_conf_threshold: float = _f(0.75, "Teacher confidence below which a cell gets no KD weight.")
     kd_conf_power: float = _f(1.0, "Exponent p of the KD confidence weight max_prob^p.")
     w_rec_variant: float = _f(1.0, "Reconstruction weight, variant stream.")
@@ -143,15 +137,16 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "S3.1_no_align": {"w_align": 0.0},
     "S3.2_no_refine": {"refine_alpha_max": 0.0},
     "S4_simple_fusion": {"fusion": "sum"},
-    # fused-phase self-training is off by default (measured), so S5/S5.1/S5.2 equal S0 now
     "S5_no_self_training": {"w_kd": 0.0, "w_conn_fused": 0.0},
     "S5.1_no_kd": {"w_kd": 0.0},
     "S5.2_no_conn": {"w_conn_fused": 0.0},
     "S6_linear_encoder": {"linear_encoder": True},
-    # SPEC §4's values where our defaults differ (latent 64, aligned detail, lambda_Delta 0.6,
-    # fused KD and connectivity on, no MNN term)
-    "paper_spec": {"latent_dim": 64, "refine_from_aligned": True, "fusion_delta_scale": 0.6,
-                   "w_kd": 0.5, "w_conn_fused": 0.2, "w_mnn_variant": 0.0},
+    # not ablations, presets: SPEC §4's latent size, and the cross-batch MNN mode measured in
+    # benchmarks/EXPERIMENTS.md (session 3: Kang 0.781 -> 0.800 over 3 seeds, pbmc_3chem equal,
+    # CellBench 0.914 -> 0.904; not the default because it costs CellBench)
+    "paper_spec": {"latent_dim": 64},
+    "mnn_variants": {"w_mnn_variant": 1.0, "refine_from_aligned": False, "fusion_delta_scale": 2.0,
+                     "w_kd": 0.0, "w_conn_fused": 0.0},
 }
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from schelix import SCHelix, SchelixError
-from schelix.config import SCHelixConfig
+from schelix.config import ABLATIONS, SCHelixConfig
 from schelix.model import STAGES
 from schelix.pipeline import integrate
 from schelix.train import Callback, StepRecord
@@ -45,8 +45,10 @@ def test_cpu_training_is_repeatable_and_records_every_term(adata_split):
     assert warm["kd"].isna().all() and fuse["kd"].notna().all()
     for term in ("rec_variant", "rec_anchor", "align", "conn_variant", "conn_anchor", "total"):
         assert hist[term].notna().all()
-    assert hist["mnn_variant"].notna().all()  # on by default: every batch holds MNN partners
+    assert "mnn_variant" not in hist  # off by default
     assert a.device == "cpu"
+    mnn = _model(adata_split.copy(), **ABLATIONS["mnn_variants"]).train(max_steps=6, seed=5)
+    assert mnn.history["mnn_variant"].notna().all()  # every batch of the synthetic data has partners
 
 
 def test_callbacks_see_steps_snapshots_and_can_cancel(adata_split):
