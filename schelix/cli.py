@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from schelix.config import ABLATIONS
 from schelix.errors import SchelixError, SchelixWarning
 
 __all__ = ["main", "build_parser"]
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--steps", type=int, default=None, help="training steps (default: the schedule's)")
     run.add_argument("--config", default=None, help="JSON/YAML file of SCHelixConfig settings")
+    run.add_argument("--preset", default=None, choices=sorted(ABLATIONS),
+                     help="a named setting group: a Table 2 ablation (S1..S6), paper_spec or mnn_variants; "
+                     "--config and --set override it")
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                      help="override one setting, e.g. --set tau_dom=0.2 (repeatable)")  # fmt: skip
     run.add_argument("--min-genes", type=int, default=200)
@@ -118,7 +122,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from schelix.config import SCHelixConfig
     from schelix.pipeline import integrate
 
-    config = SCHelixConfig.from_dict({**_load_config(args.config), **_parse_sets(args.set)})
+    preset = ABLATIONS[args.preset] if args.preset else {}
+    config = SCHelixConfig.from_dict({**preset, **_load_config(args.config), **_parse_sets(args.set)})
     adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
     label_key = args.label_key if args.label_key in adata.obs else None
     adata = schelix.pp.preprocess(
