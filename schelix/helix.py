@@ -299,4 +299,3 @@ class SCHelix:
         n_var, n_anc = len(self.meta.get("variants", [])), len(self.meta.get("anchors", []))
         status = f"trained {self.state.step} steps on {self.device}" if self.is_trained else "not trained"
         return f"SCHelix({self.adata.n_obs} cells, {n_anc} anchors, {n_var} variants; {status})"
-

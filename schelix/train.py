@@ -74,7 +74,8 @@ class Callback:
 
 @dataclass
 class TrainData:
-    """Tensors a run reads: gated variant matrix, anchor matrix, batches, labels, MixUp kNN."""
+    """Tensors a run reads: gated variant matrix, anchor matrix, batches, labels, MixUp kNN,
+    cross-batch MNN partners."""
 
     x_variant: torch.Tensor
     x_anchor: torch.Tensor
@@ -129,7 +130,9 @@ def mnn_partners(x_anchor: np.ndarray, batch: np.ndarray, *, k: int = 10, seed: 
     """Mutual nearest neighbours across batches in the PCA (30 components) of the anchor genes.
 
     Anchors are batch-stable, so a cross-batch MNN pair there is most likely the same cell state
-    seen in two batches (the MNN idea of Haghverdi et al. 2018, on the scaffold).
+    seen in two batches (the MNN idea of Haghverdi et al. 2018, on the scaffold). ``x_anchor`` is
+    already the scaled matrix the model trains on, so it is not re-scaled here
+    (:func:`schelix.methods.pca.scaled_pca` would scale and clip it again).
 
     Parameters
     ----------
@@ -174,6 +177,7 @@ def mnn_partners(x_anchor: np.ndarray, batch: np.ndarray, *, k: int = 10, seed: 
         col = np.arange(k)[None, :] % np.maximum(count, 1)[:, None]  # repeat to fill the row
         out[has] = pr[(start[:, None] + col)[has], 1]
     return torch.as_tensor(out)
+
 
 def _mix(data: TrainData, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     xv, xi = data.x_variant[idx], data.x_anchor[idx]
