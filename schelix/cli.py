@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, default=None, help="training steps (default: the schedule's)")
     run.add_argument("--config", default=None, help="JSON/YAML file of SCHelixConfig settings")
     run.add_argument("--preset", default=None, choices=sorted(ABLATIONS),
-                     help="a named setting group: a Table 2 ablation (S1..S6), paper_spec or mnn_variants; "
+                     help="a named setting group: a Table 2 ablation (S1..S6), self_training, paper_spec or "
+                     "scaffold_48d; "
                      "--config and --set override it")
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                      help="override one setting, e.g. --set tau_dom=0.2 (repeatable)")  # fmt: skip

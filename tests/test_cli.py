@@ -63,11 +63,12 @@ def test_bad_input_exits_2_with_one_line(args, message, counts_h5ad, tmp_path, c
 
 
 def test_run_preset_sets_config_and_set_overrides_it(counts_h5ad, tmp_path):
-    out = tmp_path / "mnn.h5ad"
+    out = tmp_path / "preset.h5ad"
     code = main(["run", str(counts_h5ad), "--batch-key", "batch", "-o", str(out), "--steps", "8",
-                 "--quiet", "--no-evaluate", "--preset", "mnn_variants", "--set", "fusion_delta_scale=1.5",
+                 "--quiet", "--no-evaluate", "--preset", "scaffold_48d", "--set", "fusion_delta_scale=1.5",
                  *FAST])  # fmt: skip
     assert code == 0
     train = ad.read_h5ad(out).uns["schelix"]["train"]
-    assert train["w_mnn_variant"] == 1.0 and train["w_kd"] == 0.0  # from the preset
+    assert train["w_mnn_variant"] == 0.0 and train["w_kd"] == 0.5  # from the preset
+    assert train["latent_dim"] == 48
     assert train["fusion_delta_scale"] == 1.5  # --set wins

@@ -45,10 +45,10 @@ def test_cpu_training_is_repeatable_and_records_every_term(adata_split):
     assert warm["kd"].isna().all() and fuse["kd"].notna().all()
     for term in ("rec_variant", "rec_anchor", "align", "conn_variant", "conn_anchor", "total"):
         assert hist[term].notna().all()
-    assert "mnn_variant" not in hist  # off by default
+    assert hist["mnn_variant"].notna().all()  # on by default; every batch here has MNN partners
     assert a.device == "cpu"
-    mnn = _model(adata_split.copy(), **ABLATIONS["mnn_variants"]).train(max_steps=6, seed=5)
-    assert mnn.history["mnn_variant"].notna().all()  # every batch of the synthetic data has partners
+    old = _model(adata_split.copy(), **ABLATIONS["scaffold_48d"]).train(max_steps=6, seed=5)
+    assert "mnn_variant" not in old.history  # the preset without the MNN term
 
 
 def test_callbacks_see_steps_snapshots_and_can_cancel(adata_split):
