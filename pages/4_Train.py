@@ -65,8 +65,8 @@ with st.form("train_form"):
         preset = st.selectbox("Ablation preset (paper Table 2)", list(ABLATIONS), key="ablation",
                               help="Switches off one part of the method to see what it contributes; "
                               "a preset overrides the fields it changes. S0_full = the defaults; self_training = "
-                              "the paper's fused KD and connectivity back on; paper_spec = SPEC §4 as "
-                              "written (64-d); scaffold_48d = the earlier default (see the README).")
+                              "the paper's fused KD and connectivity back on; paper_spec = SPEC §4's "
+                              "values (64-d, no MNN term); scaffold_48d = the earlier default (see the README).")
         values = {}
         for group in dict.fromkeys(s["group"] for s in HELP.values()):
             names = [n for n, s in HELP.items() if s["group"] == group and n not in SKIP]

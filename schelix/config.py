@@ -37,7 +37,8 @@ class SCHelixConfig:
     # 16, not the paper's 64, together with the cross-batch MNN term below (mnn_k 20), raw variant
     # detail into Refine/Fuse, a HyperFusion residual of 2.0 and no fused-phase KD/connectivity:
     # measured over 3 seeds on the three benchmark datasets (benchmarks/EXPERIMENTS.md, session 4).
-    # The 64-d SPEC model is the preset "paper_spec"; the session-3 default "scaffold_48d".
+    # SPEC's values for these five settings are the preset "paper_spec"; the session-3 default
+    # is "scaffold_48d".
     latent_dim: int = _f(16, "Size of every stream embedding (paper: 64; 16 measured better here).")
     graph_dim: int = _f(64, "Query/key size of the learnable gene-gene graph.")
     graph_temperature: float = _f(0.1, "Temperature tau of the gene-gene similarity ReLU(QK^T/tau).")
@@ -148,8 +149,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "S6_linear_encoder": {"linear_encoder": True},
     # not ablations, presets. The default already runs without fused-phase self-training (S5),
     # so S5/S5.1/S5.2 equal it; "self_training" puts SPEC's KD and fused connectivity back on it.
-    # "paper_spec" is SPEC §4 as written; "scaffold_48d" the session-3 default (anchor scaffold,
-    # self-training on, no MNN term), kept to compare against (benchmarks/EXPERIMENTS.md).
+    # "paper_spec" has SPEC §4's values for the five settings that the default changes (see
+    # latent_dim); "scaffold_48d" is the session-3 default (anchor scaffold, self-training on,
+    # no MNN term), kept to compare against (benchmarks/EXPERIMENTS.md).
     "self_training": {"w_kd": 0.5, "w_conn_fused": 0.2},
     "paper_spec": {"latent_dim": 64, "w_mnn_variant": 0.0, "fusion_delta_scale": 0.6,
                    "w_kd": 0.5, "w_conn_fused": 0.2},
