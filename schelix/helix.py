@@ -103,8 +103,9 @@ class SCHelix:
             setup["labels_key"] = labels_key
         _uns(adata)["setup"] = setup
 
-    def _prepare(self) -> TrainData:
-        """Dense scaled matrices (variants first, anchors never gated), batches, labels, MixUp kNN."""
+    def _prepare(self, *, training: bool = True) -> TrainData:
+        """Dense scaled matrices (variants first, anchors never gated), batches, labels and, for
+        ``training``, the MixUp kNN and the cross-batch MNN partners (embedding needs neither)."""
         from schelix import gate as gate_mod
 
         adata, c = self.adata, self.config
@@ -141,16 +142,15 @@ class SCHelix:
                 pd.Categorical(adata.obs[self.labels_key].astype(str), categories=self.meta["labels"]).codes,
                 dtype=torch.long,
             )  # unknown labels -> -1
-        neighbors = None
-        if c.mixup:
+        neighbors = partners = None
+        if training and c.mixup:
             pca = adata.obsm.get("X_schelix_pca")
             if pca is None:
                 from sklearn.decomposition import PCA
 
                 pca = PCA(30, random_state=0).fit_transform(x)
             neighbors = mixup_neighbors(np.asarray(pca)[:, :30], c.mixup_k)
-        partners = None
-        if c.w_mnn_variant > 0:
+        if training and c.w_mnn_variant > 0:
             partners = mnn_partners(x_anc, batch, k=c.mnn_k, seed=self.seed or 0)
         return TrainData(
             torch.as_tensor(np.ascontiguousarray(x_var, dtype=np.float32)),
@@ -188,7 +188,7 @@ class SCHelix:
             torch.manual_seed(seed)
             self._data = self._prepare()
             self._build()
-        elif self._data is None:
+        elif self._data is None or not self._ready_to_train(self._data):
             self._data = self._prepare()
         self.state = fit(
             self.module, self._data, self.config, device=self.device, seed=seed,
@@ -196,6 +196,11 @@ class SCHelix:
         )  # fmt: skip
         self._latent = None
         return self
+
+    def _ready_to_train(self, data: TrainData) -> bool:
+        """Whether ``data`` has the MixUp kNN and MNN partners this config trains with."""
+        c = self.config
+        return (data.neighbors is not None or not c.mixup) and (data.partners is not None or c.w_mnn_variant <= 0)
 
     @property
     def is_trained(self) -> bool:
@@ -221,7 +226,7 @@ class SCHelix:
             raise SchelixError("The model is not trained yet", "call model.train() first")
         if self._latent is None:
             if self._data is None:
-                self._data = self._prepare()
+                self._data = self._prepare(training=False)
             self._latent = embed_all(self.module, self._data, self.device or "cpu")
         return self._latent[stage]
 

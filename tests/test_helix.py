@@ -84,8 +84,10 @@ def test_stages_and_save_load_resume(adata_split, tmp_path):
     model.save(tmp_path / "m")
     loaded = SCHelix.load(tmp_path / "m", adata_split)
     np.testing.assert_allclose(loaded.get_latent_representation(), lat["fused"], atol=1e-5)
+    assert loaded._data.partners is None and loaded._data.neighbors is None  # embedding needs neither
     loaded.train(max_steps=30)  # resume: continues the step count and the history
     assert loaded.state.step == 30 and len(loaded.history) == 30
+    assert loaded.history["mnn_variant"].notna().all()  # resumed steps have their MNN partners again
     with pytest.raises(SchelixError, match="No saved scHelix model"):
         SCHelix.load(tmp_path / "nothing", adata_split)
 
