@@ -33,27 +33,41 @@ with left:
         "2,000 blood cells (PBMC) measured with three 10x chemistries — the batches — and "
         "labelled with their cell types."
     )
-    if st.button("Use the demo data", type="primary", key="demo",
-                 help="Copies the bundled PBMC demo into a new workspace of your own."):
+    if st.button(
+        "Use the demo data",
+        type="primary",
+        key="demo",
+        help="Copies the bundled PBMC demo into a new workspace of your own.",
+    ):
         with ui.guard("Loading the demo data"), st.spinner("Loading the demo data…"):
             new = Workspace.create(name="demo PBMC (3 chemistries)")
-            adata = io.read(datasets.DEMO_PATH, batch_key=datasets.DEMO_BATCH_KEY,
-                            label_key=datasets.DEMO_LABEL_KEY)
+            adata = io.read(
+                datasets.DEMO_PATH,
+                batch_key=datasets.DEMO_BATCH_KEY,
+                label_key=datasets.DEMO_LABEL_KEY,
+            )
             pp.qc_metrics(adata)
             new.save_adata("data", adata)
             new.set_keys(batch_key=datasets.DEMO_BATCH_KEY, label_key=datasets.DEMO_LABEL_KEY)
             # the demo's V3 cells carry 10-25 % mitochondrial reads: the paper's 5 % would drop
             # that whole batch, so the QC page starts at 20 % here (and says why)
-            new.mark_done("data", {"file": "demo_pbmc_3chem.h5ad",
-                                   "batch_key": datasets.DEMO_BATCH_KEY,
-                                   "label_key": datasets.DEMO_LABEL_KEY,
-                                   "qc_suggested": {"max_mito_pct": 20.0}})
+            new.mark_done(
+                "data",
+                {
+                    "file": "demo_pbmc_3chem.h5ad",
+                    "batch_key": datasets.DEMO_BATCH_KEY,
+                    "label_key": datasets.DEMO_LABEL_KEY,
+                    "qc_suggested": {"max_mito_pct": 20.0},
+                },
+            )
             ui.use_workspace(new)
             st.switch_page(ui.PAGES["data"])
 with right:
     st.subheader("Bring your own data")
-    st.caption("An `.h5ad` file, a 10x Genomics `.h5` file, or a zipped 10x folder "
-               "(matrix.mtx, barcodes, features). Up to 4 GB.")
+    st.caption(
+        "An `.h5ad` file, a 10x Genomics `.h5` file, or a zipped 10x folder "
+        "(matrix.mtx, barcodes, features). Up to 4 GB."
+    )
     if st.button("Upload a file", key="upload", help="Opens the upload page in a new workspace."):
         ui.use_workspace(Workspace.create(name="upload"))
         st.switch_page(ui.PAGES["data"])
@@ -71,6 +85,8 @@ if earlier:
         done = ", ".join(STEP_LABELS[s] for s in row["steps_done"]) or "nothing yet"
         c1, c2 = st.columns([4, 1])
         c1.markdown(f"`{row['id']}` · {row['name'] or 'unnamed'} · {when} · done: {done}")
-        if c2.button("Reopen", key=f"reopen_{row['id']}", disabled=ws is not None and ws.id == row["id"]):
+        if c2.button(
+            "Reopen", key=f"reopen_{row['id']}", disabled=ws is not None and ws.id == row["id"]
+        ):
             ui.use_workspace(Workspace.open(row["id"]))
             st.rerun()

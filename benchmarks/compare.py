@@ -47,8 +47,11 @@ def load(name: str, *, max_mito_pct: float) -> tuple[ad.AnnData, str, str]:
     if not path.exists():
         raise SystemExit(f"{path} not found: the benchmark needs ../shared/data next to the repo")
     raw = ad.read_h5ad(path)
-    return schelix.pp.preprocess(raw, batch_key=batch_key, max_mito_pct=max_mito_pct), \
-        batch_key, label_key
+    return (
+        schelix.pp.preprocess(raw, batch_key=batch_key, max_mito_pct=max_mito_pct),
+        batch_key,
+        label_key,
+    )
 
 
 def parse_params(items: list[str]) -> dict[str, dict]:
@@ -70,14 +73,23 @@ def parse_params(items: list[str]) -> dict[str, dict]:
 def _printer(dataset: str):
     def progress(fraction: float, message: str) -> None:
         if message.endswith(": starting") or ": finished in" in message or ": failed:" in message:
-            print(f"  {time.strftime('%H:%M:%S')} {dataset} {100 * fraction:5.1f}% {message}",
-                  flush=True)
+            print(
+                f"  {time.strftime('%H:%M:%S')} {dataset} {100 * fraction:5.1f}% {message}",
+                flush=True,
+            )
 
     return progress
 
 
-def run(datasets: list[str], methods: list[str], seeds: list[int], *, device: str,
-        params: dict[str, dict], max_mito_pct: float) -> pd.DataFrame:
+def run(
+    datasets: list[str],
+    methods: list[str],
+    seeds: list[int],
+    *,
+    device: str,
+    params: dict[str, dict],
+    max_mito_pct: float,
+) -> pd.DataFrame:
     """The tidy table (one row per dataset x method x seed) for all ``datasets``."""
     from schelix.compare import compare
 
@@ -85,11 +97,22 @@ def run(datasets: list[str], methods: list[str], seeds: list[int], *, device: st
     for name in datasets:
         t0 = time.perf_counter()
         adata, batch_key, label_key = load(name, max_mito_pct=max_mito_pct)
-        print(f"{name}: {adata.n_obs} cells x {int(adata.var['highly_variable'].sum())} HVGs "
-              f"(preprocessed in {time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"{name}: {adata.n_obs} cells x {int(adata.var['highly_variable'].sum())} HVGs "
+            f"(preprocessed in {time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
         used = {m: p for m, p in params.items() if m in methods}
-        df = compare(adata, batch_key=batch_key, label_key=label_key, methods=methods,
-                     seeds=seeds, device=device, progress=_printer(name), params=used)
+        df = compare(
+            adata,
+            batch_key=batch_key,
+            label_key=label_key,
+            methods=methods,
+            seeds=seeds,
+            device=device,
+            progress=_printer(name),
+            params=used,
+        )
         tables.append(df.assign(dataset=name))
     df = pd.concat(tables, ignore_index=True)
     return df[["dataset", *[c for c in df.columns if c != "dataset"]]]
@@ -113,19 +136,25 @@ def markdown(summary: pd.DataFrame) -> str:
     lines = []
     for name, group in summary.groupby("dataset", sort=False):
         cols = [c for c in COLUMNS if c in group.columns]
-        lines += [f"### {name} (mean ± std over {group['n_seeds'].max()} seed(s))", "",
-                  "| Method | " + " | ".join(COLUMNS[c] for c in cols) + " |",
-                  "|---|" + "---:|" * len(cols)]
+        lines += [
+            f"### {name} (mean ± std over {group['n_seeds'].max()} seed(s))",
+            "",
+            "| Method | " + " | ".join(COLUMNS[c] for c in cols) + " |",
+            "|---|" + "---:|" * len(cols),
+        ]
         for _, row in group.iterrows():
             cells = [str(row[c]) for c in cols]
             if row["n_seeds"] == 0:  # every seed failed: say why
                 cells = [f"failed: {row['error'][:100]}"] + ["-"] * (len(cols) - 1)
             lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["Peak mem: peak resident-set growth of the benchmark process during each run. "
-              "Memory an earlier method freed is reused without growth, so methods run later in "
-              "the same process (sysVI right after scVI, for instance) are understated; compare "
-              "footprints with one method per process (`--methods NAME`).", ""]
+    lines += [
+        "Peak mem: peak resident-set growth of the benchmark process during each run. "
+        "Memory an earlier method freed is reused without growth, so methods run later in "
+        "the same process (sysVI right after scVI, for instance) are understated; compare "
+        "footprints with one method per process (`--methods NAME`).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -135,32 +164,60 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     registered = available_methods()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    p.add_argument("--methods", nargs="+", default=registered, choices=registered,
-                   help="registered methods (default: all)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=registered,
+        choices=registered,
+        help="registered methods (default: all)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--device", default="auto")
-    p.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
-                   help="extra method parameter, e.g. scvi.max_epochs=100 (repeatable)")
-    p.add_argument("--max-mito-pct", type=float, default=100.0,
-                   help="QC mito cap; 100 = off (pbmc_3chem has a median of 10.6 %% mito reads, "
-                   "so the package default of 5 %% would drop most of its cells)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help="extra method parameter, e.g. scvi.max_epochs=100 (repeatable)",
+    )
+    p.add_argument(
+        "--max-mito-pct",
+        type=float,
+        default=100.0,
+        help="QC mito cap; 100 = off (pbmc_3chem has a median of 10.6 %% mito reads, "
+        "so the package default of 5 %% would drop most of its cells)",
+    )
     p.add_argument("--out", default="benchmarks/results/compare.csv")
-    p.add_argument("--combine", nargs="+", metavar="CSV",
-                   help="run nothing: merge the per-seed CSVs of earlier runs (e.g. one per "
-                   "dataset, run in parallel) into one table")
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="CSV",
+        help="run nothing: merge the per-seed CSVs of earlier runs (e.g. one per "
+        "dataset, run in parallel) into one table",
+    )
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
 
     if args.combine:
         # per-seed tables only: a glob may also catch *_summary.csv files and --out itself
-        tables = [pd.read_csv(f) for f in args.combine if Path(f).resolve() != Path(args.out).resolve()]
-        df = pd.concat([t for t in tables if {"dataset", "method", "seed"} <= set(t.columns)],
-                       ignore_index=True)
+        tables = [
+            pd.read_csv(f) for f in args.combine if Path(f).resolve() != Path(args.out).resolve()
+        ]
+        df = pd.concat(
+            [t for t in tables if {"dataset", "method", "seed"} <= set(t.columns)],
+            ignore_index=True,
+        )
         rank = {name: i for i, name in enumerate([*DATASETS, *registered])}
         df = df.sort_values(["dataset", "method"], key=lambda c: c.map(rank), kind="stable")
     else:
-        df = run(args.datasets, args.methods, args.seeds, device=args.device,
-                 params=parse_params(args.param), max_mito_pct=args.max_mito_pct)
+        df = run(
+            args.datasets,
+            args.methods,
+            args.seeds,
+            device=args.device,
+            params=parse_params(args.param),
+            max_mito_pct=args.max_mito_pct,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)

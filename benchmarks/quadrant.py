@@ -75,18 +75,28 @@ def main() -> None:
     table = report.gene_table(adata)
     z_dom, z_str = table["z_dom"].to_numpy(), table["z_str"].to_numpy()
     n = 200
-    t_mask = timeit.timeit(lambda: anchors.quadrant(z_dom, z_str, tau_dom=-0.3, tau_str=0.2), number=n) / n
+    t_mask = (
+        timeit.timeit(lambda: anchors.quadrant(z_dom, z_str, tau_dom=-0.3, tau_str=0.2), number=n)
+        / n
+    )
     mask = anchors.quadrant(z_dom, z_str, tau_dom=-0.3, tau_str=0.2)
-    t_fig = timeit.timeit(lambda: plots.quadrant(table, mask, tau_dom=-0.3, tau_str=0.2), number=20) / 20
+    t_fig = (
+        timeit.timeit(lambda: plots.quadrant(table, mask, tau_dom=-0.3, tau_str=0.2), number=20)
+        / 20
+    )
     fig = plots.quadrant(table, mask, tau_dom=-0.3, tau_str=0.2)
     t_json = timeit.timeit(fig.to_json, number=20) / 20
 
     print(f"genes in the quadrant: {len(table)}; last counts: {counts}")
-    print(f"slider change -> rerun complete (AppTest, {len(rerun)} moves): median "
-          f"{1000 * statistics.median(rerun):.0f} ms, mean {1000 * statistics.mean(rerun):.0f} ms, "
-          f"max {1000 * max(rerun):.0f} ms")
+    print(
+        f"slider change -> rerun complete (AppTest, {len(rerun)} moves): median "
+        f"{1000 * statistics.median(rerun):.0f} ms, mean {1000 * statistics.mean(rerun):.0f} ms, "
+        f"max {1000 * max(rerun):.0f} ms"
+    )
     print(f"schelix.anchors.quadrant(): {1e6 * t_mask:.1f} µs")
-    print(f"plots.quadrant() figure build: {1000 * t_fig:.1f} ms; figure to JSON: {1000 * t_json:.1f} ms")
+    print(
+        f"plots.quadrant() figure build: {1000 * t_fig:.1f} ms; figure to JSON: {1000 * t_json:.1f} ms"
+    )
     print(f"machine: {os.cpu_count()} CPU cores")
 
 

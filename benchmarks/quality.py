@@ -37,9 +37,13 @@ DATASETS = {  # file stem: (batch key, label key)
 }
 METHODS = ("pca", "harmony", "schelix", "random", "diagnostic")
 LABELS = {
-    "pca": "Unintegrated PCA", "harmony": "Harmony", "schelix": "scHelix",
-    "random": "scHelix, random anchors (S1)", "Anchors": "Diag. I: anchor PCA",
-    "All HVGs": "Diag. I: all-HVG PCA", "Random (same size)": "Diag. I: random-set PCA",
+    "pca": "Unintegrated PCA",
+    "harmony": "Harmony",
+    "schelix": "scHelix",
+    "random": "scHelix, random anchors (S1)",
+    "Anchors": "Diag. I: anchor PCA",
+    "All HVGs": "Diag. I: all-HVG PCA",
+    "Random (same size)": "Diag. I: random-set PCA",
 }
 METRICS = ("ASW_ct", "GC", "ARI", "NMI", "BioMean", "ASW_batch", "Overall")
 
@@ -54,23 +58,37 @@ def load(name: str, *, max_mito_pct: float) -> tuple[ad.AnnData, str, str]:
     return pp, batch_key, label_key
 
 
-def run_dataset(name: str, seeds: list[int], methods: list[str], steps: int | None,
-                device: str, max_mito_pct: float) -> list[dict]:
+def run_dataset(
+    name: str,
+    seeds: list[int],
+    methods: list[str],
+    steps: int | None,
+    device: str,
+    max_mito_pct: float,
+) -> list[dict]:
     from schelix import anchors
     from schelix.evaluate import anchor_diagnostic, score
     from schelix.methods import run_method
 
     adata, batch_key, label_key = load(name, max_mito_pct=max_mito_pct)
-    print(f"# {name}: {adata.n_obs} cells, {int(adata.var['highly_variable'].sum())} HVGs",
-          flush=True)
+    print(
+        f"# {name}: {adata.n_obs} cells, {int(adata.var['highly_variable'].sum())} HVGs", flush=True
+    )
     rows: list[dict] = []
 
     def add(method: str, seed: int, key_or_x: str, seconds: float) -> None:
         t0 = time.perf_counter()
-        res = score(adata, key_or_x,
-                    batch_key=batch_key, label_key=label_key, seed=seed)
-        rows.append({"dataset": name, "method": method, "seed": seed, **res,
-                     "seconds": seconds, "eval_seconds": time.perf_counter() - t0})
+        res = score(adata, key_or_x, batch_key=batch_key, label_key=label_key, seed=seed)
+        rows.append(
+            {
+                "dataset": name,
+                "method": method,
+                "seed": seed,
+                **res,
+                "seconds": seconds,
+                "eval_seconds": time.perf_counter() - t0,
+            }
+        )
         print(f"  seed {seed} {method:<28} Overall {res['Overall']:.3f}", flush=True)
 
     for seed in seeds:
@@ -79,15 +97,27 @@ def run_dataset(name: str, seeds: list[int], methods: list[str], steps: int | No
             anchors.split_anchors(adata, seed=seed)
         if "diagnostic" in methods:
             t0 = time.perf_counter()
-            diag = anchor_diagnostic(adata, batch_key=batch_key, label_key=label_key,
-                                     seed=seed, n_random=3)
+            diag = anchor_diagnostic(
+                adata, batch_key=batch_key, label_key=label_key, seed=seed, n_random=3
+            )
             secs = time.perf_counter() - t0
             for rec in diag.to_dict("records"):
-                rows.append({"dataset": name, "method": rec["gene_set"], "seed": seed,
-                             **{m: rec[m] for m in METRICS}, "n_genes": rec["n_genes"],
-                             "seconds": secs, "eval_seconds": secs})
-                print(f"  seed {seed} {rec['gene_set']:<28} Overall {rec['Overall']:.3f}"
-                      f" ({rec['n_genes']} genes)", flush=True)
+                rows.append(
+                    {
+                        "dataset": name,
+                        "method": rec["gene_set"],
+                        "seed": seed,
+                        **{m: rec[m] for m in METRICS},
+                        "n_genes": rec["n_genes"],
+                        "seconds": secs,
+                        "eval_seconds": secs,
+                    }
+                )
+                print(
+                    f"  seed {seed} {rec['gene_set']:<28} Overall {rec['Overall']:.3f}"
+                    f" ({rec['n_genes']} genes)",
+                    flush=True,
+                )
         for method in ("pca", "harmony"):
             if method in methods:
                 res = run_method(adata, method, batch_key=batch_key, seed=seed)
@@ -99,8 +129,14 @@ def run_dataset(name: str, seeds: list[int], methods: list[str], steps: int | No
                 # a copy per run: integrate() re-splits var["schelix_stream"] in place
                 work = adata.copy()
                 t0 = time.perf_counter()
-                integrate(work, batch_key=batch_key, seed=seed, device=device, max_steps=steps,
-                          random_anchors=random)
+                integrate(
+                    work,
+                    batch_key=batch_key,
+                    seed=seed,
+                    device=device,
+                    max_steps=steps,
+                    random_anchors=random,
+                )
                 secs = time.perf_counter() - t0
                 adata.obsm[f"X_{method}"] = work.obsm["X_schelix"]
                 del work
@@ -123,10 +159,13 @@ def markdown(summary: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary.to_dict("records"):
         std = 0.0 if np.isnan(r["Overall_std"]) else r["Overall_std"]
-        cells = [r["dataset"], LABELS.get(r["method"], r["method"]),
-                 f"{r['Overall_mean']:.3f} ± {std:.3f}",
-                 *[f"{r[f'{m}_mean']:.3f}" for m in METRICS if m != "Overall"],
-                 f"{r['seconds_mean']:.1f}"]
+        cells = [
+            r["dataset"],
+            LABELS.get(r["method"], r["method"]),
+            f"{r['Overall_mean']:.3f} ± {std:.3f}",
+            *[f"{r[f'{m}_mean']:.3f}" for m in METRICS if m != "Overall"],
+            f"{r['seconds_mean']:.1f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -136,20 +175,29 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--steps", type=int, default=None,
-                   help="scHelix training steps (default: the config's schedule)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="scHelix training steps (default: the config's schedule)",
+    )
     p.add_argument("--device", default="auto")
-    p.add_argument("--max-mito-pct", type=float, default=100.0,
-                   help="QC mito cap; 100 = off (pbmc_3chem has a median of 10.6 %% mito reads, "
-                   "so the package default of 5 %% would keep 13 %% of its cells)")
+    p.add_argument(
+        "--max-mito-pct",
+        type=float,
+        default=100.0,
+        help="QC mito cap; 100 = off (pbmc_3chem has a median of 10.6 %% mito reads, "
+        "so the package default of 5 %% would keep 13 %% of its cells)",
+    )
     p.add_argument("--out", default="benchmarks/results/quality.csv")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
 
     rows = []
     for name in args.datasets:
-        rows += run_dataset(name, args.seeds, args.methods, args.steps, args.device,
-                            args.max_mito_pct)
+        rows += run_dataset(
+            name, args.seeds, args.methods, args.steps, args.device, args.max_mito_pct
+        )
     df = pd.DataFrame(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,9 @@ def _schelix(adata: ad.AnnData, device: str, seed: int) -> dict:
 
 
 def _peer(adata: ad.AnnData, name: str, device: str, seed: int, **params) -> dict:
-    res = run_method(adata, name, batch_key=adata.uns["bench_batch_key"], seed=seed, device=device, **params)
+    res = run_method(
+        adata, name, batch_key=adata.uns["bench_batch_key"], seed=seed, device=device, **params
+    )
     return {"method": name, "seconds": res.seconds, "peak_mb": res.peak_memory_mb, "device": device}
 
 
@@ -59,15 +61,21 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-scvi", action="store_true")
-    ap.add_argument("--scvi-epochs", type=int, default=None, help="default: scvi-tools' own heuristic")
-    ap.add_argument("--n-large", type=int, default=100_000, help="cells of the synthetic scaling run (0: skip)")
+    ap.add_argument(
+        "--scvi-epochs", type=int, default=None, help="default: scvi-tools' own heuristic"
+    )
+    ap.add_argument(
+        "--n-large", type=int, default=100_000, help="cells of the synthetic scaling run (0: skip)"
+    )
     ap.add_argument("--out", default="benchmarks/results/speed.json")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     device = resolve_device(args.device)
     import torch
 
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    )
     if device == "cuda":
         machine += f", {torch.cuda.get_device_name()}"
     print(f"device: {device}; machine: {machine}")
@@ -80,10 +88,14 @@ def main() -> None:
     if not args.skip_scvi:
         rows.append(_peer(kang, "scvi", device, args.seed, max_epochs=args.scvi_epochs))
     by = {r["method"]: r for r in rows}
-    print(f"\nKang IFN-beta PBMC: {kang.n_obs} cells x {int(kang.var['highly_variable'].sum())} HVGs")
+    print(
+        f"\nKang IFN-beta PBMC: {kang.n_obs} cells x {int(kang.var['highly_variable'].sum())} HVGs"
+    )
     print(f"{'method':10s} {'wall s':>9s} {'train s':>9s} {'peak MB':>9s}")
     for r in rows:
-        print(f"{r['method']:10s} {r['seconds']:9.1f} {r.get('train_seconds', float('nan')):9.1f} {r['peak_mb']:9.0f}")
+        print(
+            f"{r['method']:10s} {r['seconds']:9.1f} {r.get('train_seconds', float('nan')):9.1f} {r['peak_mb']:9.0f}"
+        )
     h = by["scHelix"]
     ratios = {"schelix_vs_harmony_time": h["seconds"] / by["harmony"]["seconds"]}
     if "scvi" in by:
@@ -95,7 +107,9 @@ def main() -> None:
 
     large = None
     if args.n_large:
-        syn = schelix.datasets.synthetic(args.n_large, 3000, n_batches=4, n_cell_types=10, seed=args.seed)
+        syn = schelix.datasets.synthetic(
+            args.n_large, 3000, n_batches=4, n_cell_types=10, seed=args.seed
+        )
         syn = schelix.pp.preprocess(syn, batch_key="batch")
         syn.uns["bench_batch_key"] = "batch"
         large = _schelix(syn, device, args.seed)

@@ -37,15 +37,19 @@ if upload is not None and st.session_state.get("uploaded_id") != upload.file_id:
     dest = ws.subdir("uploads") / upload.name
     with open(dest, "wb") as fh:  # streamed in chunks, never one more copy in memory
         shutil.copyfileobj(upload, fh, length=16 * 2**20)
-    with ui.guard(f"Reading {upload.name}", keep="upload_error"), st.spinner(f"Reading {upload.name}…"):
+    with (
+        ui.guard(f"Reading {upload.name}", keep="upload_error"),
+        st.spinner(f"Reading {upload.name}…"),
+    ):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             adata = io.read(dest)
         pp.qc_metrics(adata)
         ws.save_adata("data", adata)
         ws.invalidate("data")
-        st.session_state["read_notes"] = [str(w.message) for w in caught
-                                          if issubclass(w.category, UserWarning)]
+        st.session_state["read_notes"] = [
+            str(w.message) for w in caught if issubclass(w.category, UserWarning)
+        ]
         st.success(f"Read {upload.name}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")
 
 ui.kept_error("upload_error")
@@ -60,26 +64,34 @@ for note in st.session_state.get("read_notes", []) + info["notes"]:
 c1, c2, c3 = st.columns(3)
 c1.metric("Cells", f"{info['n_cells']:,}")
 c2.metric("Genes", f"{info['n_genes']:,}")
-c3.metric("Raw counts", "found" if info["counts_found"] else "not found",
-          help="Raw UMI counts are used for quality control, gene selection and count-based "
-          f"methods. Found in: {info['counts_source']}.")
+c3.metric(
+    "Raw counts",
+    "found" if info["counts_found"] else "not found",
+    help="Raw UMI counts are used for quality control, gene selection and count-based "
+    f"methods. Found in: {info['counts_source']}.",
+)
 
 st.subheader("Which columns describe your cells?")
 cols = list(info["obs_columns"])
 if not cols:
-    st.error("The file has no cell annotations (adata.obs is empty), so there is no batch column. "
-             "Add a column that says which batch each cell came from, then upload again.")
+    st.error(
+        "The file has no cell annotations (adata.obs is empty), so there is no batch column. "
+        "Add a column that says which batch each cell came from, then upload again."
+    )
     st.stop()
 keys = ws.keys
 guess = next((c for c in ("batch", "tech", "sample", "donor", "condition") if c in cols), cols[0])
 batch_key = st.selectbox(
-    "Batch column", cols, index=cols.index(keys.get("batch_key", guess)) if keys.get("batch_key", guess) in cols else 0,
+    "Batch column",
+    cols,
+    index=cols.index(keys.get("batch_key", guess)) if keys.get("batch_key", guess) in cols else 0,
     help="The column that says which experiment, donor, chemistry or lab each cell came from. "
     "scHelix removes the differences between these groups (the paper's 'domains').",
 )
 label_options = ["(none)", *cols]
 label_key = st.selectbox(
-    "Cell-type column (optional)", label_options,
+    "Cell-type column (optional)",
+    label_options,
     index=label_options.index(keys["label_key"]) if keys.get("label_key") in label_options else 0,
     help="Known cell types are only used to score the result (ASW, ARI, NMI …), never to train "
     "by default. Without them you get label-free scores.",
@@ -95,8 +107,12 @@ if label_key:
 
 chosen = {"batch_key": batch_key, **({"label_key": label_key} if label_key else {})}
 current = ws.status("data") == "done" and ws.keys == chosen
-if st.button("Use these columns", type="primary", disabled=current,
-             help="Checks the columns and records them for every later step."):
+if st.button(
+    "Use these columns",
+    type="primary",
+    disabled=current,
+    help="Checks the columns and records them for every later step.",
+):
     with ui.guard("Checking the columns"):
         notes = io.validate(adata, batch_key=batch_key, label_key=label_key)
         ws.set_keys(batch_key=batch_key, label_key=label_key)
@@ -105,8 +121,10 @@ if st.button("Use these columns", type="primary", disabled=current,
             st.info(note)
         st.rerun()
 if ws.status("data") == "done":
-    st.success(f"Batch column **{ws.keys['batch_key']}**, cell types "
-               f"**{ws.keys.get('label_key', 'none')}**.")
+    st.success(
+        f"Batch column **{ws.keys['batch_key']}**, cell types "
+        f"**{ws.keys.get('label_key', 'none')}**."
+    )
     ui.next_link("qc", "Next: quality control")
 elif current is False and ws.keys:
     st.warning("You changed the columns: click **Use these columns** to apply them.")

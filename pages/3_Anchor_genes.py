@@ -31,11 +31,17 @@ def _scored() -> bool:
 
 
 if not _scored():
-    st.info("First, every HVG is scored (PCA → kNN graph → Leiden pseudo-clusters). This takes "
-            "a few seconds to a minute and is done once; the thresholds below then move instantly.")
-    if st.button("Score the genes", type="primary", key="score",
-                 help="schelix.anchors.score_genes: the paper's Eq. 1 (domain sensitivity) and "
-                 "Eq. 2 (structure separability), z-scored over the HVGs."):
+    st.info(
+        "First, every HVG is scored (PCA → kNN graph → Leiden pseudo-clusters). This takes "
+        "a few seconds to a minute and is done once; the thresholds below then move instantly."
+    )
+    if st.button(
+        "Score the genes",
+        type="primary",
+        key="score",
+        help="schelix.anchors.score_genes: the paper's Eq. 1 (domain sensitivity) and "
+        "Eq. 2 (structure separability), z-scored over the HVGs.",
+    ):
         with ui.guard("Scoring the genes"), st.spinner("Scoring genes…"):
             adata = ui.load(ws, "qc").copy()
             anchors.score_genes(adata, batch_key=batch_key)
@@ -52,14 +58,25 @@ lo = np.floor(table[["z_dom", "z_str"]].min().clip(-5, 0)).astype(float)
 hi = np.ceil(table[["z_dom", "z_str"]].max().clip(0, 10)).astype(float)
 c1, c2 = st.columns(2)
 tau_dom = c1.slider(
-    "Domain-sensitivity threshold (tau_dom)", lo["z_dom"], hi["z_dom"],
-    float(np.clip(applied.get("tau_dom", 0.0), lo["z_dom"], hi["z_dom"])), 0.05,
-    key="tau_dom", help="Anchors must have a domain-sensitivity z-score at or below this line "
-    "(left of the vertical line). Lower = stricter about batch effects. Paper default: 0.")
+    "Domain-sensitivity threshold (tau_dom)",
+    lo["z_dom"],
+    hi["z_dom"],
+    float(np.clip(applied.get("tau_dom", 0.0), lo["z_dom"], hi["z_dom"])),
+    0.05,
+    key="tau_dom",
+    help="Anchors must have a domain-sensitivity z-score at or below this line "
+    "(left of the vertical line). Lower = stricter about batch effects. Paper default: 0.",
+)
 tau_str = c2.slider(
-    "Structure-separability threshold (tau_str)", lo["z_str"], hi["z_str"],
-    float(np.clip(applied.get("tau_str", 0.0), lo["z_str"], hi["z_str"])), 0.05, key="tau_str", help="Anchors must have a structure-separability z-score at or above this "
-    "line (above the horizontal line). Higher = only the most cell-type-specific genes. Paper: 0.")
+    "Structure-separability threshold (tau_str)",
+    lo["z_str"],
+    hi["z_str"],
+    float(np.clip(applied.get("tau_str", 0.0), lo["z_str"], hi["z_str"])),
+    0.05,
+    key="tau_str",
+    help="Anchors must have a structure-separability z-score at or above this "
+    "line (above the horizontal line). Higher = only the most cell-type-specific genes. Paper: 0.",
+)
 mask = anchors.quadrant(table["z_dom"], table["z_str"], tau_dom=tau_dom, tau_str=tau_str)
 n_anchor, n_variant = int(mask.sum()), int((~mask).sum())
 m1, m2, m3 = st.columns(3)
@@ -69,8 +86,12 @@ m3.metric("HVGs scored", len(table))
 if min(n_anchor, n_variant) < 20:
     st.warning("Each side needs at least 20 genes; move the lines towards the middle.")
 
-search = st.text_input("Find genes", key="gene_search", placeholder="e.g. CD3E, LYZ, MS4A1",
-                       help="Comma-separated names or parts of names; matches are circled in red.")
+search = st.text_input(
+    "Find genes",
+    key="gene_search",
+    placeholder="e.g. CD3E, LYZ, MS4A1",
+    help="Comma-separated names or parts of names; matches are circled in red.",
+)
 terms = [t.strip().lower() for t in search.split(",") if t.strip()]
 genes = table["gene"].to_numpy()
 found = [g for g in genes if any(t in g.lower() for t in terms)][:30] if terms else []
@@ -78,61 +99,96 @@ if terms and not found:
     st.info("No highly variable gene matches that name (only HVGs are scored).")
 fig = plots.quadrant(table, mask, tau_dom=tau_dom, tau_str=tau_str, highlight=found)
 event = st.plotly_chart(fig, key="quadrant", on_select="rerun", selection_mode="points")
-clicked = [p.get("customdata") for p in (event.selection.points if event else []) if p.get("customdata")]
+clicked = [
+    p.get("customdata") for p in (event.selection.points if event else []) if p.get("customdata")
+]
 
 st.subheader("Why does a gene sit where it does?")
-choices = list(dict.fromkeys([*clicked, *found])) or list(table.sort_values("z_str", ascending=False)["gene"][:50])
-gene = st.selectbox("Gene", choices, key="profile_gene",
-                    help="Click a point in the plot, search above, or pick one of the most "
-                    "structured genes. Shows its expression per batch and per pseudo-cluster.")
+choices = list(dict.fromkeys([*clicked, *found])) or list(
+    table.sort_values("z_str", ascending=False)["gene"][:50]
+)
+gene = st.selectbox(
+    "Gene",
+    choices,
+    key="profile_gene",
+    help="Click a point in the plot, search above, or pick one of the most "
+    "structured genes. Shows its expression per batch and per pseudo-cluster.",
+)
 if gene:
     with ui.guard(f"Profile of {gene}"):
         profile = anchors.gene_profile(adata, gene, batch_key=batch_key)
         st.plotly_chart(plots.gene_profile(profile, gene), key="profile_plot")
-        st.caption("High bars that differ between batches push a gene right (batch-sensitive); "
-                   "bars that differ between pseudo-clusters push it up (structure).")
+        st.caption(
+            "High bars that differ between batches push a gene right (batch-sensitive); "
+            "bars that differ between pseudo-clusters push it up (structure)."
+        )
 
 st.subheader("Gene table")
 shown = table.assign(stream=np.where(mask, "anchor", "variant"))
 st.dataframe(shown, width="stretch", height=300, hide_index=True)
 d1, d2 = st.columns(2)
 for col, stream in ((d1, "anchor"), (d2, "variant")):
-    col.download_button(f"Download the {stream} genes (CSV)", shown[shown["stream"] == stream].to_csv(index=False),
-                        file_name=f"{stream}_genes.csv", mime="text/csv", key=f"dl_{stream}",
-                        help="The genes on this side of the lines you set, with their scores.")
+    col.download_button(
+        f"Download the {stream} genes (CSV)",
+        shown[shown["stream"] == stream].to_csv(index=False),
+        file_name=f"{stream}_genes.csv",
+        mime="text/csv",
+        key=f"dl_{stream}",
+        help="The genes on this side of the lines you set, with their scores.",
+    )
 
 st.subheader("Check the split before training (Diagnostic I)")
-st.caption("A plain PCA of the anchor genes alone, scored like an integration, beside all HVGs and "
-           "random gene sets of the same size. Good anchors already score close to an integrated "
-           "result; random genes score far lower. Takes seconds, no training.")
+st.caption(
+    "A plain PCA of the anchor genes alone, scored like an integration, beside all HVGs and "
+    "random gene sets of the same size. Good anchors already score close to an integrated "
+    "result; random genes score far lower. Takes seconds, no training."
+)
 if label_key is None:
     st.info("This check needs a cell-type column (chosen on the Data page).")
-elif st.button("Score this split", key="run_diagnostic",
-               help="schelix.evaluate.anchor_diagnostic (paper Diagnostic I) at the thresholds above."):
+elif st.button(
+    "Score this split",
+    key="run_diagnostic",
+    help="schelix.evaluate.anchor_diagnostic (paper Diagnostic I) at the thresholds above.",
+):
     with ui.guard("Diagnostic I"), st.spinner("Scoring anchors, all HVGs and random gene sets…"):
         trial = adata.copy()
         anchors.split_anchors(trial, tau_dom=tau_dom, tau_str=tau_str)
-        st.session_state["diagnostic_result"] = ((tau_dom, tau_str),
-                                          evaluate.anchor_diagnostic(trial, batch_key=batch_key,
-                                                                     label_key=label_key))
+        st.session_state["diagnostic_result"] = (
+            (tau_dom, tau_str),
+            evaluate.anchor_diagnostic(trial, batch_key=batch_key, label_key=label_key),
+        )
 if "diagnostic_result" in st.session_state:
     (td, ts), diag = st.session_state["diagnostic_result"]
     st.caption(f"Scores for tau_dom = {td:g}, tau_str = {ts:g} (higher is better).")
     st.dataframe(diag, hide_index=True, width="stretch")
 
-is_applied = ws.status("anchors") == "done" and (applied.get("tau_dom"), applied.get("tau_str")) == (tau_dom, tau_str)
+is_applied = ws.status("anchors") == "done" and (
+    applied.get("tau_dom"),
+    applied.get("tau_str"),
+) == (tau_dom, tau_str)
 if ws.status("anchors") == "done" and not is_applied:
-    st.warning(f"Training will use the applied thresholds (tau_dom = {applied['tau_dom']:g}, "
-               f"tau_str = {applied['tau_str']:g}) until you click **Use this split**.")
-if st.button("Use this split for training", type="primary", key="apply_split", disabled=is_applied,
-             help="Records the thresholds; training splits the genes exactly this way."):
+    st.warning(
+        f"Training will use the applied thresholds (tau_dom = {applied['tau_dom']:g}, "
+        f"tau_str = {applied['tau_str']:g}) until you click **Use this split**."
+    )
+if st.button(
+    "Use this split for training",
+    type="primary",
+    key="apply_split",
+    disabled=is_applied,
+    help="Records the thresholds; training splits the genes exactly this way.",
+):
     with ui.guard("Splitting the genes"):
         out = adata.copy()
         anchors.split_anchors(out, tau_dom=tau_dom, tau_str=tau_str)
         ws.save_adata("anchors", out)
-        ws.mark_done("anchors", {"tau_dom": tau_dom, "tau_str": tau_str, "n_anchor": n_anchor,
-                                 "n_variant": n_variant})
+        ws.mark_done(
+            "anchors",
+            {"tau_dom": tau_dom, "tau_str": tau_str, "n_anchor": n_anchor, "n_variant": n_variant},
+        )
         st.rerun()
 if ws.status("anchors") == "done":
-    st.success(f"Split in use: {applied.get('n_anchor')} anchors, {applied.get('n_variant')} variants.")
+    st.success(
+        f"Split in use: {applied.get('n_anchor')} anchors, {applied.get('n_variant')} variants."
+    )
     ui.next_link("train", "Next: train scHelix")

@@ -23,24 +23,40 @@ adata = ui.load(ws, "train")
 options = {"batch": keys["batch_key"]}
 if keys.get("label_key"):
     options["cell type"] = keys["label_key"]
-by = st.radio("Colour by", list(options), horizontal=True, key="color_by",
-              help="Batch colours show mixing (good: colours interleave); cell-type colours show "
-              "whether biology is kept (good: each type in its own island).")
+by = st.radio(
+    "Colour by",
+    list(options),
+    horizontal=True,
+    key="color_by",
+    help="Batch colours show mixing (good: colours interleave); cell-type colours show "
+    "whether biology is kept (good: each type in its own island).",
+)
 colors = adata.obs[options[by]].astype(str)
 
-stages = {label: adata.obsm[report.umap_key(key)] for label, key in report.stage_keys(adata).items()
-          if report.umap_key(key) in adata.obsm}
+stages = {
+    label: adata.obsm[report.umap_key(key)]
+    for label, key in report.stage_keys(adata).items()
+    if report.umap_key(key) in adata.obsm
+}
 if stages:
     st.plotly_chart(plots.embeddings(stages, colors), key="stages")
 else:
     st.info("This training run has no stage UMAPs.")
 
-snaps = {step: key for step, key in report.snapshot_keys(adata).items()
-         if report.umap_key(key) in adata.obsm}
+snaps = {
+    step: key
+    for step, key in report.snapshot_keys(adata).items()
+    if report.umap_key(key) in adata.obsm
+}
 st.subheader("The fused embedding during training")
 if len(snaps) >= 1:
-    step = st.select_slider("Training step", options=list(snaps), value=list(snaps)[-1], key="snapshot",
-                            help="Snapshots of the fused embedding taken while training.")
+    step = st.select_slider(
+        "Training step",
+        options=list(snaps),
+        value=list(snaps)[-1],
+        key="snapshot",
+        help="Snapshots of the fused embedding taken while training.",
+    )
     panels = {f"step {step}": adata.obsm[report.umap_key(snaps[step])]}
     if "X_schelix_umap" in adata.obsm:
         panels["final"] = adata.obsm["X_schelix_umap"]

@@ -34,22 +34,46 @@ ui.stale_banner(ws, "metrics")
 peers = [m for m in available_methods() if m != "schelix"]
 default = [m for m in ("pca", "harmony") if m in peers]
 chosen = st.multiselect(
-    "Methods to run beside scHelix", peers, default=default, format_func=lambda m: get_method(m).label,
-    key="peers", help="Each runs on the same preprocessed data and is scored the same way. "
+    "Methods to run beside scHelix",
+    peers,
+    default=default,
+    format_func=lambda m: get_method(m).label,
+    key="peers",
+    help="Each runs on the same preprocessed data and is scored the same way. "
     "'Unintegrated (PCA)' is the baseline without any batch correction; Harmony is a fast, "
-    "widely used method. Deep-learning peers (scVI, sysVI, scCRAFT …) take minutes on a CPU.")
-device = st.radio("Device for the peers", ["auto", "cpu", "cuda"], horizontal=True, key="peer_device",
-                  help="auto = the GPU if there is one.")
+    "widely used method. Deep-learning peers (scVI, sysVI, scCRAFT …) take minutes on a CPU.",
+)
+device = st.radio(
+    "Device for the peers",
+    ["auto", "cpu", "cuda"],
+    horizontal=True,
+    key="peer_device",
+    help="auto = the GPU if there is one.",
+)
 job = jobs.find(ui.job_dir(ws, "metrics"))
 running = job is not None and job.active
-if st.button("Run and score", type="primary", disabled=running, key="run_metrics",
-             help="Runs the ticked methods in the background, then scores every embedding."):
+if st.button(
+    "Run and score",
+    type="primary",
+    disabled=running,
+    key="run_metrics",
+    help="Runs the ticked methods in the background, then scores every embedding.",
+):
     with ui.guard("Starting the scoring"):
-        job = jobs.start(ui.job_dir(ws, "metrics"), "metrics", {
-            "workspace": str(ws.path), "batch_key": keys["batch_key"], "label_key": label_key,
-            "methods": chosen, "device": device, "seed": 0,
-            "record": {"methods": chosen, "device": device}, "upstream_revs": ws.upstream_revs("metrics"),
-        })
+        job = jobs.start(
+            ui.job_dir(ws, "metrics"),
+            "metrics",
+            {
+                "workspace": str(ws.path),
+                "batch_key": keys["batch_key"],
+                "label_key": label_key,
+                "methods": chosen,
+                "device": device,
+                "seed": 0,
+                "record": {"methods": chosen, "device": device},
+                "upstream_revs": ws.upstream_revs("metrics"),
+            },
+        )
         st.session_state["metrics_seen"] = "running"
 
 
@@ -87,10 +111,17 @@ if "scib_metrics" in tables:
     st.plotly_chart(plots.metrics_chart(tables["scib_metrics"]), key="scib_chart")
 if tables and ws.has_adata("metrics"):
     adata = ui.load(ws, "metrics")
-    emb = {report.method_label(k[: -len("_umap")]): adata.obsm[k] for k in adata.obsm
-           if k.endswith("_umap") and k[: -len("_umap")] in adata.obsm
-           and not k.startswith("X_schelix_") and "snapshot" not in k}
+    emb = {
+        report.method_label(k[: -len("_umap")]): adata.obsm[k]
+        for k in adata.obsm
+        if k.endswith("_umap")
+        and k[: -len("_umap")] in adata.obsm
+        and not k.startswith("X_schelix_")
+        and "snapshot" not in k
+    }
     with st.expander("Batch mixing: every method's UMAP coloured by batch", expanded=not label_key):
-        st.plotly_chart(plots.embeddings(emb, adata.obs[keys["batch_key"]].astype(str)), key="mixing")
+        st.plotly_chart(
+            plots.embeddings(emb, adata.obs[keys["batch_key"]].astype(str)), key="mixing"
+        )
 if ws.status("train") == "done":
     ui.next_link("export", "Next: export your results")

@@ -24,25 +24,38 @@ keys = ws.keys
 use_metrics = ws.status("metrics") == "done"
 source = "metrics" if use_metrics else "train"
 if not use_metrics:
-    st.info("No up-to-date metrics: the export will contain the integration without scores. "
-            "Run the Metrics step first if you want them included.")
+    st.info(
+        "No up-to-date metrics: the export will contain the integration without scores. "
+        "Run the Metrics step first if you want them included."
+    )
 
-if st.button("Prepare the export files", type="primary", key="build_export",
-             help="Writes every file into your workspace's export folder; download them below."):
+if st.button(
+    "Prepare the export files",
+    type="primary",
+    key="build_export",
+    help="Writes every file into your workspace's export folder; download them below.",
+):
     with ui.guard("Preparing the export"), st.spinner("Writing the files…"):
         adata = ui.load(ws, source)
         tables = report.read_metrics(ws.subdir("metrics")) if use_metrics else {}
         split = ws.params("anchors")
         genes = report.gene_table(adata)
-        mask = anchors.quadrant(genes["z_dom"], genes["z_str"], tau_dom=split["tau_dom"],
-                                tau_str=split["tau_str"])
-        figures = {"anchor_quadrant": plots.quadrant(genes, mask, tau_dom=split["tau_dom"],
-                                                     tau_str=split["tau_str"])}
+        mask = anchors.quadrant(
+            genes["z_dom"], genes["z_str"], tau_dom=split["tau_dom"], tau_str=split["tau_str"]
+        )
+        figures = {
+            "anchor_quadrant": plots.quadrant(
+                genes, mask, tau_dom=split["tau_dom"], tau_str=split["tau_str"]
+            )
+        }
         train_job = jobs.find(ui.job_dir(ws, "train"))
         if train_job is not None and train_job.records():
             figures["loss_curves"] = plots.loss_curves(train_job.records())
-        stages = {label: adata.obsm[report.umap_key(k)] for label, k in report.stage_keys(adata).items()
-                  if report.umap_key(k) in adata.obsm}
+        stages = {
+            label: adata.obsm[report.umap_key(k)]
+            for label, k in report.stage_keys(adata).items()
+            if report.umap_key(k) in adata.obsm
+        }
         for name, col in (("batch", keys["batch_key"]), ("cell_type", keys.get("label_key"))):
             if col and stages:
                 figures[f"stages_by_{name}"] = plots.embeddings(stages, adata.obs[col].astype(str))
@@ -50,17 +63,28 @@ if st.button("Prepare the export files", type="primary", key="build_export",
             figures[f"{name}_chart"] = plots.metrics_chart(df)
         params = {step: ws.params(step) for step in ("data", "qc", "anchors", "train", "metrics")}
         files = report.export(
-            adata, ws.subdir("export"), figures=figures, tables=tables, params=params,
-            seed=int(ws.params("train").get("seed", 0)), model_dir=ws.path / "model",
+            adata,
+            ws.subdir("export"),
+            figures=figures,
+            tables=tables,
+            params=params,
+            seed=int(ws.params("train").get("seed", 0)),
+            model_dir=ws.path / "model",
         )
         ws.mark_done("export", {"files": sorted(files), "from": source})
         st.rerun()
 
 folder = ws.path / "export"
 if ws.status("export") != "todo" and (folder / "schelix_integrated.h5ad").is_file():
-    st.success("Your files are ready. They also stay in the workspace folder: " f"`{folder}`")
-    mimes = {".h5ad": "application/octet-stream", ".csv": "text/csv", ".html": "text/html",
-             ".png": "image/png", ".svg": "image/svg+xml", ".zip": "application/zip"}
+    st.success(f"Your files are ready. They also stay in the workspace folder: `{folder}`")
+    mimes = {
+        ".h5ad": "application/octet-stream",
+        ".csv": "text/csv",
+        ".html": "text/html",
+        ".png": "image/png",
+        ".svg": "image/svg+xml",
+        ".zip": "application/zip",
+    }
     groups = {
         "Integrated data and model": ["schelix_integrated.h5ad", "model.zip"],
         "Gene lists and metrics (CSV)": sorted(p.name for p in folder.glob("*.csv")),
@@ -72,7 +96,12 @@ if ws.status("export") != "todo" and (folder / "schelix_integrated.h5ad").is_fil
         for i, name in enumerate(n for n in names if (folder / n).is_file()):
             path = folder / name
             cols[i % 3].download_button(
-                f"{name.split('/')[-1]} ({path.stat().st_size / 1e6:.1f} MB)", path.read_bytes,
-                file_name=path.name, mime=mimes.get(path.suffix, "application/octet-stream"),
-                key=f"dl_{name}", on_click="ignore", icon=":material/download:")  # read from disk only when clicked
+                f"{name.split('/')[-1]} ({path.stat().st_size / 1e6:.1f} MB)",
+                path.read_bytes,
+                file_name=path.name,
+                mime=mimes.get(path.suffix, "application/octet-stream"),
+                key=f"dl_{name}",
+                on_click="ignore",
+                icon=":material/download:",
+            )  # read from disk only when clicked
     st.caption("Open the .h5ad with `scanpy.read_h5ad` or drop it into cellxgene.")

@@ -25,15 +25,19 @@ PAGES = {
     "metrics": "pages/6_Metrics.py",
     "export": "pages/7_Export.py",
 }
-_ICON = {"done": ":material/check_circle:", "stale": ":material/warning:",
-         "todo": ":material/radio_button_unchecked:"}
+_ICON = {
+    "done": ":material/check_circle:",
+    "stale": ":material/warning:",
+    "todo": ":material/radio_button_unchecked:",
+}
 _WORD = {"done": "done", "stale": "stale: run again", "todo": "to do"}
 
 
 def setup(title: str) -> None:
     """Page config (must come first on every page)."""
-    st.set_page_config(page_title=f"scHelix Studio · {title}", page_icon=":material/genetics:",
-                       layout="wide")
+    st.set_page_config(
+        page_title=f"scHelix Studio · {title}", page_icon=":material/genetics:", layout="wide"
+    )
 
 
 def workspace() -> Workspace | None:
@@ -70,10 +74,16 @@ def sidebar(ws: Workspace | None) -> None:
         st.caption(f"Workspace `{ws.id}` {('· ' + ws.name) if ws.name else ''}")
         status = ws.statuses()
         for step in STEPS:
-            st.page_link(PAGES[step], label=f"{STEP_LABELS[step]} — {_WORD[status[step]]}",
-                         icon=_ICON[status[step]])
-        st.page_link(PAGES["trajectory"], label="Trajectory (view of the training)",
-                     icon=":material/timeline:")
+            st.page_link(
+                PAGES[step],
+                label=f"{STEP_LABELS[step]} — {_WORD[status[step]]}",
+                icon=_ICON[status[step]],
+            )
+        st.page_link(
+            PAGES["trajectory"],
+            label="Trajectory (view of the training)",
+            icon=":material/timeline:",
+        )
         st.caption("Stale = an earlier step was changed after this one ran: run it again.")
 
 
@@ -87,7 +97,9 @@ def require(ws: Workspace | None, step: str) -> Workspace:
     if missing is not None:
         word = "is stale" if ws.status(missing) == "stale" else "is not done yet"
         st.info(f"The step **{STEP_LABELS[missing]}** {word}; this page needs it.")
-        st.page_link(PAGES[missing], label=f"Go to {STEP_LABELS[missing]}", icon=":material/arrow_forward:")
+        st.page_link(
+            PAGES[missing], label=f"Go to {STEP_LABELS[missing]}", icon=":material/arrow_forward:"
+        )
         st.stop()
     return ws
 
@@ -114,8 +126,10 @@ def guard(what: str, *, keep: str | None = None) -> Iterator[None]:
     except SchelixError as err:
         message = f"{what}: {err}"
     except Exception as err:  # the app must never show a traceback
-        message = (f"{what} failed ({type(err).__name__}: {err}). Nothing you made before was lost; "
-                   "check your settings and try again.")
+        message = (
+            f"{what} failed ({type(err).__name__}: {err}). Nothing you made before was lost; "
+            "check your settings and try again."
+        )
     if keep is not None:
         st.session_state[keep] = message
     elif message:
@@ -137,7 +151,9 @@ def load(ws: Workspace, step: str) -> ad.AnnData:
     """The AnnData of ``step`` (cached while the file is unchanged). Do not modify it: copy first."""
     path = ws.adata_path(step)
     if not path.is_file():
-        raise SchelixError(f"The '{STEP_LABELS[step]}' step has no result yet", "run that step first")
+        raise SchelixError(
+            f"The '{STEP_LABELS[step]}' step has no result yet", "run that step first"
+        )
     return _read(str(path), path.stat().st_mtime)
 
 

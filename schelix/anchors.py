@@ -19,7 +19,14 @@ from anndata import AnnData
 from schelix.errors import SchelixError, SchelixWarning
 from schelix.preprocess import hvg_mask
 
-__all__ = ["STREAMS", "gene_profile", "quadrant", "score_genes", "split_anchors", "suggest_thresholds"]
+__all__ = [
+    "STREAMS",
+    "gene_profile",
+    "quadrant",
+    "score_genes",
+    "split_anchors",
+    "suggest_thresholds",
+]
 
 EPS = 1e-8
 STREAMS = ("anchor", "variant", "unused")
@@ -34,12 +41,16 @@ def _uns(adata: AnnData) -> dict:
 
 def _check_batch(adata: AnnData, batch_key: str) -> pd.Categorical:
     if batch_key not in adata.obs:
-        raise SchelixError(f"Batch column {batch_key!r} is not in adata.obs",
-                           f"choose one of: {', '.join(map(repr, adata.obs.columns))}")
+        raise SchelixError(
+            f"Batch column {batch_key!r} is not in adata.obs",
+            f"choose one of: {', '.join(map(repr, adata.obs.columns))}",
+        )
     batch = pd.Categorical(adata.obs[batch_key].astype(str))
     if len(batch.categories) < 2:
-        raise SchelixError(f"Batch column {batch_key!r} has only one batch",
-                           "anchor discovery needs at least two batches; pick another batch column")
+        raise SchelixError(
+            f"Batch column {batch_key!r} has only one batch",
+            "anchor discovery needs at least two batches; pick another batch column",
+        )
     return batch
 
 
@@ -49,8 +60,9 @@ def indicator(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_groups, n))
 
 
-def group_moments(x: sp.spmatrix | np.ndarray, codes: np.ndarray,
-                  n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def group_moments(
+    x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-group cell counts, sums and sums of squares of every column, sparse-aware.
 
     Returns ``(n, s1, s2)`` with shapes ``(n_groups,)``, ``(n_groups, G)``, ``(n_groups, G)``
@@ -75,14 +87,30 @@ def leiden_labels(conn: sp.spmatrix, *, resolution: float, seed: int) -> pd.Cate
     import scanpy as sc
 
     tmp = AnnData(obs=pd.DataFrame(index=[str(i) for i in range(conn.shape[0])]))
-    sc.tl.leiden(tmp, resolution=resolution, adjacency=conn, flavor="igraph", n_iterations=2,
-                 directed=False, random_state=seed, key_added="c")
-    return pd.Categorical(tmp.obs["c"].astype(str),
-                          categories=sorted(tmp.obs["c"].astype(str).unique(), key=int))
+    sc.tl.leiden(
+        tmp,
+        resolution=resolution,
+        adjacency=conn,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=seed,
+        key_added="c",
+    )
+    return pd.Categorical(
+        tmp.obs["c"].astype(str), categories=sorted(tmp.obs["c"].astype(str).unique(), key=int)
+    )
 
 
-def score_genes(adata: AnnData, *, batch_key: str, n_pcs: int = 50, n_neighbors: int = 15,
-                resolution: float = 1.0, seed: int = 0) -> None:
+def score_genes(
+    adata: AnnData,
+    *,
+    batch_key: str,
+    n_pcs: int = 50,
+    n_neighbors: int = 15,
+    resolution: float = 1.0,
+    seed: int = 0,
+) -> None:
     """Score every HVG for domain sensitivity (Eq. 1) and structure separability (Eq. 2).
 
     Pseudo-clusters come from PCA -> kNN -> Leiden on the HVG matrix. The PCA runs on the
@@ -115,14 +143,24 @@ def score_genes(adata: AnnData, *, batch_key: str, n_pcs: int = 50, n_neighbors:
     batch = _check_batch(adata, batch_key)
     hvg = hvg_mask(adata)
     x = adata.X[:, hvg]
-    x = sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x) else sp.csr_matrix(np.asarray(x, np.float32))
+    x = (
+        sp.csr_matrix(x, dtype=np.float32)
+        if sp.issparse(x)
+        else sp.csr_matrix(np.asarray(x, np.float32))
+    )
     if x.nnz and x.data.max() > 50 and np.all(np.mod(x.data[:1000], 1) == 0):
-        warnings.warn("adata.X looks like raw counts; anchor scores expect log-normalized X "
-                      "(run schelix.pp.normalize first)", SchelixWarning, stacklevel=2)
+        warnings.warn(
+            "adata.X looks like raw counts; anchor scores expect log-normalized X "
+            "(run schelix.pp.normalize first)",
+            SchelixWarning,
+            stacklevel=2,
+        )
     n_cells, n_hvg = x.shape
     if n_hvg < 3 or n_cells < 3:
-        raise SchelixError(f"Only {n_cells} cells x {n_hvg} HVGs to score",
-                           "use more cells/genes (anchor discovery needs a real HVG pool)")
+        raise SchelixError(
+            f"Only {n_cells} cells x {n_hvg} HVGs to score",
+            "use more cells/genes (anchor discovery needs a real HVG pool)",
+        )
 
     # Eq. 1: domain sensitivity from per-batch means (indicator products, stays sparse)
     _, tot1, tot2 = group_moments(x, np.zeros(n_cells, dtype=int), 1)
@@ -135,8 +173,11 @@ def score_genes(adata: AnnData, *, batch_key: str, n_pcs: int = 50, n_neighbors:
     # pseudo-clusters: PCA (scaled HVGs) -> kNN -> Leiden
     n_comps = int(min(n_pcs, n_hvg - 1, n_cells - 1))
     if n_comps < n_pcs:
-        warnings.warn(f"n_pcs lowered from {n_pcs} to {n_comps} (data too small)", SchelixWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"n_pcs lowered from {n_pcs} to {n_comps} (data too small)",
+            SchelixWarning,
+            stacklevel=2,
+        )
     xs = sp.csr_matrix(x.multiply(1.0 / np.maximum(sd_all, EPS)[None, :]), dtype=np.float32)
     tmp = AnnData(X=xs)
     sc.pp.pca(tmp, n_comps=n_comps, zero_center=True, random_state=seed)
@@ -144,8 +185,15 @@ def score_genes(adata: AnnData, *, batch_key: str, n_pcs: int = 50, n_neighbors:
     previous = dict(_uns(adata))
     # exact sklearn kNN + Gaussian kernel weights: no numba JIT (umap/pynndescent compile for
     # ~20-60 s on first use in every process, which every CLI run and app job would pay)
-    sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep="X_schelix_pca", key_added="schelix",
-                    method="gauss", transformer="sklearn", random_state=seed)
+    sc.pp.neighbors(
+        adata,
+        n_neighbors=n_neighbors,
+        use_rep="X_schelix_pca",
+        key_added="schelix",
+        method="gauss",
+        transformer="sklearn",
+        random_state=seed,
+    )
     adata.uns["schelix"] = {**previous, **dict(adata.uns["schelix"])}  # scanpy replaced it
     clusters = leiden_labels(adata.obsp["schelix_connectivities"], resolution=resolution, seed=seed)
     adata.obs["schelix_pseudo_cluster"] = pd.Series(clusters, index=adata.obs_names)
@@ -166,15 +214,22 @@ def score_genes(adata: AnnData, *, batch_key: str, n_pcs: int = 50, n_neighbors:
         full[hvg] = vals
         adata.var[col] = full
     _uns(adata)["anchor_scores"] = {
-        "batch_key": batch_key, "n_pcs": n_comps, "n_neighbors": int(n_neighbors),
-        "resolution": float(resolution), "seed": int(seed), "scaled_pca": True,
-        "n_hvg": int(n_hvg), "n_pseudo_clusters": int(k), "eps": EPS,
+        "batch_key": batch_key,
+        "n_pcs": n_comps,
+        "n_neighbors": int(n_neighbors),
+        "resolution": float(resolution),
+        "seed": int(seed),
+        "scaled_pca": True,
+        "n_hvg": int(n_hvg),
+        "n_pseudo_clusters": int(k),
+        "eps": EPS,
         "pca_variance_ratio": np.asarray(tmp.uns["pca"]["variance_ratio"], dtype=np.float64),
     }
 
 
-def quadrant(z_dom: np.ndarray, z_str: np.ndarray, *, tau_dom: float = 0.0,
-             tau_str: float = 0.0) -> np.ndarray:
+def quadrant(
+    z_dom: np.ndarray, z_str: np.ndarray, *, tau_dom: float = 0.0, tau_str: float = 0.0
+) -> np.ndarray:
     """Anchor mask of Eq. 3: ``z_dom <= tau_dom and z_str >= tau_str`` (NaN -> False).
 
     Pure and vectorised (no re-clustering), so the app can call it on every slider move.
@@ -184,8 +239,14 @@ def quadrant(z_dom: np.ndarray, z_str: np.ndarray, *, tau_dom: float = 0.0,
     return (z_dom <= tau_dom) & (z_str >= tau_str)
 
 
-def suggest_thresholds(z_dom: np.ndarray, z_str: np.ndarray, *, tau_dom: float = 0.0,
-                       tau_str: float = 0.0, min_genes: int = 20) -> tuple[float, float, int, int] | None:
+def suggest_thresholds(
+    z_dom: np.ndarray,
+    z_str: np.ndarray,
+    *,
+    tau_dom: float = 0.0,
+    tau_str: float = 0.0,
+    min_genes: int = 20,
+) -> tuple[float, float, int, int] | None:
     """Thresholds closest to ``(tau_dom, tau_str)`` giving >= ``min_genes`` genes on each side.
 
     Candidates are the 5 %..95 % quantiles of each score (plus 0 and the current values).
@@ -199,7 +260,9 @@ def suggest_thresholds(z_dom: np.ndarray, z_str: np.ndarray, *, tau_dom: float =
     qs = np.linspace(0.05, 0.95, 19)
     cd = np.unique(np.round(np.r_[np.quantile(zd, qs), tau_dom, 0.0], 3))
     cs = np.unique(np.round(np.r_[np.quantile(zs, qs), tau_str, 0.0], 3))
-    n_anchor = ((zd[:, None, None] <= cd[None, :, None]) & (zs[:, None, None] >= cs[None, None, :])).sum(0)
+    n_anchor = (
+        (zd[:, None, None] <= cd[None, :, None]) & (zs[:, None, None] >= cs[None, None, :])
+    ).sum(0)
     valid = (n_anchor >= min_genes) & (len(zd) - n_anchor >= min_genes)
     if not valid.any():
         return None
@@ -210,14 +273,25 @@ def suggest_thresholds(z_dom: np.ndarray, z_str: np.ndarray, *, tau_dom: float =
 
 def _scores(adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
     if any(c not in adata.var for c in _SCORE_COLS):
-        raise SchelixError("Anchor scores are missing from adata.var",
-                           "run schelix.anchors.score_genes(adata, batch_key=...) first")
-    return (adata.var["schelix_z_dom"].to_numpy(np.float64),
-            adata.var["schelix_z_str"].to_numpy(np.float64))
+        raise SchelixError(
+            "Anchor scores are missing from adata.var",
+            "run schelix.anchors.score_genes(adata, batch_key=...) first",
+        )
+    return (
+        adata.var["schelix_z_dom"].to_numpy(np.float64),
+        adata.var["schelix_z_str"].to_numpy(np.float64),
+    )
 
 
-def split_anchors(adata: AnnData, *, tau_dom: float = 0.0, tau_str: float = 0.0,
-                  random: bool = False, seed: int = 0, min_genes: int = 20) -> pd.Series:
+def split_anchors(
+    adata: AnnData,
+    *,
+    tau_dom: float = 0.0,
+    tau_str: float = 0.0,
+    random: bool = False,
+    seed: int = 0,
+    min_genes: int = 20,
+) -> pd.Series:
     """Split the HVG pool into anchors and variants with the quadrant rule (Eq. 3).
 
     Parameters
@@ -243,12 +317,19 @@ def split_anchors(adata: AnnData, *, tau_dom: float = 0.0, tau_str: float = 0.0,
     anchor = quadrant(z_dom, z_str, tau_dom=tau_dom, tau_str=tau_str) & pool
     n_anchor, n_variant = int(anchor.sum()), int(pool.sum() - anchor.sum())
     if n_anchor < min_genes or n_variant < min_genes:
-        hint = suggest_thresholds(z_dom, z_str, tau_dom=tau_dom, tau_str=tau_str, min_genes=min_genes)
-        fix = (f"try tau_dom={hint[0]:g}, tau_str={hint[1]:g} ({hint[2]} anchors, {hint[3]} variants)"
-               if hint else f"use more HVGs (the pool has {int(pool.sum())} genes) or lower min_genes")
-        raise SchelixError(f"The split at tau_dom={tau_dom:g}, tau_str={tau_str:g} gives {n_anchor} "
-                           f"anchors and {n_variant} variants; each side needs at least {min_genes}",
-                           fix)
+        hint = suggest_thresholds(
+            z_dom, z_str, tau_dom=tau_dom, tau_str=tau_str, min_genes=min_genes
+        )
+        fix = (
+            f"try tau_dom={hint[0]:g}, tau_str={hint[1]:g} ({hint[2]} anchors, {hint[3]} variants)"
+            if hint
+            else f"use more HVGs (the pool has {int(pool.sum())} genes) or lower min_genes"
+        )
+        raise SchelixError(
+            f"The split at tau_dom={tau_dom:g}, tau_str={tau_str:g} gives {n_anchor} "
+            f"anchors and {n_variant} variants; each side needs at least {min_genes}",
+            fix,
+        )
     if random:
         rng = np.random.default_rng(seed)
         anchor = np.zeros_like(pool)
@@ -256,8 +337,13 @@ def split_anchors(adata: AnnData, *, tau_dom: float = 0.0, tau_str: float = 0.0,
     stream = np.where(anchor, "anchor", np.where(pool, "variant", "unused"))
     adata.var["schelix_stream"] = pd.Categorical(stream, categories=list(STREAMS))
     _uns(adata)["anchor_split"] = {
-        "tau_dom": float(tau_dom), "tau_str": float(tau_str), "random": bool(random),
-        "seed": int(seed), "min_genes": int(min_genes), "n_anchor": n_anchor, "n_variant": n_variant,
+        "tau_dom": float(tau_dom),
+        "tau_str": float(tau_str),
+        "random": bool(random),
+        "seed": int(seed),
+        "min_genes": int(min_genes),
+        "n_anchor": n_anchor,
+        "n_variant": n_variant,
     }
     return adata.var["schelix_stream"]
 
@@ -265,8 +351,14 @@ def split_anchors(adata: AnnData, *, tau_dom: float = 0.0, tau_str: float = 0.0,
 def _summary(x: np.ndarray, groups: pd.Categorical, name: str) -> pd.DataFrame:
     df = pd.DataFrame({"x": x, name: groups})
     g = df.groupby(name, observed=False)["x"]
-    out = pd.DataFrame({"n_cells": g.size(), "mean": g.mean(), "std": g.std(ddof=0),
-                        "frac_expressing": g.apply(lambda v: float((v > 0).mean()) if len(v) else np.nan)})
+    out = pd.DataFrame(
+        {
+            "n_cells": g.size(),
+            "mean": g.mean(),
+            "std": g.std(ddof=0),
+            "frac_expressing": g.apply(lambda v: float((v > 0).mean()) if len(v) else np.nan),
+        }
+    )
     return out
 
 
@@ -284,8 +376,10 @@ def gene_profile(adata: AnnData, gene: str, *, batch_key: str) -> dict[str, pd.D
         lower = {n.lower(): n for n in names}
         if gene.lower() not in lower:
             close = difflib.get_close_matches(gene, list(names), n=5)
-            raise SchelixError(f"Gene {gene!r} is not in adata.var_names",
-                               f"did you mean: {', '.join(close)}" if close else "check the spelling")
+            raise SchelixError(
+                f"Gene {gene!r} is not in adata.var_names",
+                f"did you mean: {', '.join(close)}" if close else "check the spelling",
+            )
         gene = lower[gene.lower()]
     if "schelix_pseudo_cluster" not in adata.obs:
         raise SchelixError("Pseudo-clusters are missing", "run schelix.anchors.score_genes first")
@@ -294,10 +388,18 @@ def gene_profile(adata: AnnData, gene: str, *, batch_key: str) -> dict[str, pd.D
     x = np.asarray(col.toarray() if sp.issparse(col) else col, dtype=np.float64).ravel()
     clusters = pd.Categorical(adata.obs["schelix_pseudo_cluster"])
     pivot = pd.DataFrame({"x": x, "cluster": clusters, "batch": batch}).pivot_table(
-        index="cluster", columns="batch", values="x", aggfunc="mean", observed=False)
+        index="cluster", columns="batch", values="x", aggfunc="mean", observed=False
+    )
     row = {c: float(adata.var.at[gene, c]) for c in _SCORE_COLS if c in adata.var}
-    row["stream"] = str(adata.var.at[gene, "schelix_stream"]) if "schelix_stream" in adata.var else ""
-    row["highly_variable"] = bool(adata.var.at[gene, "highly_variable"]) \
-        if "highly_variable" in adata.var else True
-    return {"per_batch": _summary(x, batch, "batch"), "per_cluster": _summary(x, clusters, "cluster"),
-            "cluster_by_batch": pivot, "scores": pd.DataFrame([row], index=[gene])}
+    row["stream"] = (
+        str(adata.var.at[gene, "schelix_stream"]) if "schelix_stream" in adata.var else ""
+    )
+    row["highly_variable"] = (
+        bool(adata.var.at[gene, "highly_variable"]) if "highly_variable" in adata.var else True
+    )
+    return {
+        "per_batch": _summary(x, batch, "batch"),
+        "per_cluster": _summary(x, clusters, "cluster"),
+        "cluster_by_batch": pivot,
+        "scores": pd.DataFrame([row], index=[gene]),
+    }

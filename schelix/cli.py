@@ -25,7 +25,9 @@ def _load_config(path: str | None) -> dict[str, Any]:
         return {}
     p = Path(path)
     if not p.exists():
-        raise SchelixError(f"Config file {p} does not exist", "pass the path of a .json or .yaml file")
+        raise SchelixError(
+            f"Config file {p} does not exist", "pass the path of a .json or .yaml file"
+        )
     text = p.read_text()
     if p.suffix in (".yaml", ".yml"):
         import yaml
@@ -35,9 +37,13 @@ def _load_config(path: str | None) -> dict[str, Any]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise SchelixError(f"Config file {p} is not valid JSON ({err})", "fix the file or use YAML") from err
+            raise SchelixError(
+                f"Config file {p} is not valid JSON ({err})", "fix the file or use YAML"
+            ) from err
     if not isinstance(data, dict):
-        raise SchelixError(f"Config file {p} must hold a mapping of setting: value", "see schelix.SCHelixConfig")
+        raise SchelixError(
+            f"Config file {p} must hold a mapping of setting: value", "see schelix.SCHelixConfig"
+        )
     return data
 
 
@@ -50,22 +56,32 @@ def _add_data_args(p: argparse.ArgumentParser, *, label_required: bool = False) 
 def build_parser() -> argparse.ArgumentParser:
     from schelix import __version__
 
-    parser = argparse.ArgumentParser(prog="schelix", description="scHelix single-cell batch integration")
+    parser = argparse.ArgumentParser(
+        prog="schelix", description="scHelix single-cell batch integration"
+    )
     parser.add_argument("--version", action="version", version=f"schelix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="preprocess, split anchors, train scHelix, write an integrated h5ad")
+    run = sub.add_parser(
+        "run", help="preprocess, split anchors, train scHelix, write an integrated h5ad"
+    )
     run.add_argument("input", help=".h5ad, 10x .h5, 10x mtx folder or .zip of one")
     _add_data_args(run)
     run.add_argument("-o", "--output", required=True, help="integrated .h5ad to write")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--steps", type=int, default=None, help="training steps (default: the schedule's)")
+    run.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the schedule's)"
+    )
     run.add_argument("--config", default=None, help="JSON/YAML file of SCHelixConfig settings")
-    run.add_argument("--preset", default=None, choices=sorted(ABLATIONS),
-                     help="a named setting group: a Table 2 ablation (S1..S6), self_training, paper_spec or "
-                     "scaffold_48d; "
-                     "--config and --set override it")
+    run.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(ABLATIONS),
+        help="a named setting group: a Table 2 ablation (S1..S6), self_training, paper_spec or "
+        "scaffold_48d; "
+        "--config and --set override it",
+    )
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                      help="override one setting, e.g. --set tau_dom=0.2 (repeatable)")  # fmt: skip
     run.add_argument("--min-genes", type=int, default=200)
@@ -79,11 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score embeddings of an integrated h5ad (paper protocol)")
     ev.add_argument("input", help="integrated .h5ad")
     _add_data_args(ev)
-    ev.add_argument("--keys", nargs="*", default=None, help="obsm keys (default: every X_* embedding)")
+    ev.add_argument(
+        "--keys", nargs="*", default=None, help="obsm keys (default: every X_* embedding)"
+    )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--csv", default=None, help="also write the table as CSV")
 
-    cmp_ = sub.add_parser("compare", help="run scHelix and peer methods side by side and score them")
+    cmp_ = sub.add_parser(
+        "compare", help="run scHelix and peer methods side by side and score them"
+    )
     cmp_.add_argument("input")
     _add_data_args(cmp_)
     cmp_.add_argument("--methods", nargs="+", default=["pca", "harmony", "schelix"])
@@ -99,7 +119,9 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise SchelixError(f"--set {item!r} is not NAME=VALUE", "write it like --set tau_dom=0.2")
+            raise SchelixError(
+                f"--set {item!r} is not NAME=VALUE", "write it like --set tau_dom=0.2"
+            )
         name, value = item.split("=", 1)
         out[name.strip()] = yaml_scalar(value.strip())
     return out
@@ -124,7 +146,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from schelix.pipeline import integrate
 
     preset = ABLATIONS[args.preset] if args.preset else {}
-    config = SCHelixConfig.from_dict({**preset, **_load_config(args.config), **_parse_sets(args.set)})
+    config = SCHelixConfig.from_dict(
+        {**preset, **_load_config(args.config), **_parse_sets(args.set)}
+    )
     adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
     label_key = args.label_key if args.label_key in adata.obs else None
     adata = schelix.pp.preprocess(
@@ -135,9 +159,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         adata, batch_key=args.batch_key, labels_key=label_key, config=config, seed=args.seed,
         device=args.device, max_steps=args.steps, progress_bar=not args.quiet,
     )  # fmt: skip
-    print(f"trained {model.state.step} steps on {model.device} in {model.state.seconds:.1f} s", file=sys.stderr)
+    print(
+        f"trained {model.state.step} steps on {model.device} in {model.state.seconds:.1f} s",
+        file=sys.stderr,
+    )
     if not args.no_evaluate:
-        table = schelix.evaluate.evaluate(adata, ["X_schelix"], batch_key=args.batch_key, label_key=label_key)
+        table = schelix.evaluate.evaluate(
+            adata, ["X_schelix"], batch_key=args.batch_key, label_key=label_key
+        )
         print(table.to_string(), file=sys.stderr)
     if args.save_model:
         model.save(args.save_model)
@@ -191,7 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("always", SchelixWarning)
         warnings.showwarning = lambda m, c, *a, **k: print(f"schelix: note: {m}", file=sys.stderr)
         try:
-            return {"run": _cmd_run, "evaluate": _cmd_evaluate, "compare": _cmd_compare}[args.command](args)
+            return {"run": _cmd_run, "evaluate": _cmd_evaluate, "compare": _cmd_compare}[
+                args.command
+            ](args)
         except SchelixError as err:
             print(f"schelix: error: {err}", file=sys.stderr)
             return 2

@@ -25,8 +25,16 @@ from schelix.methods.base import ProgressCallback, get_method, run_method
 __all__ = ["INFO_COLUMNS", "compare", "comparison_table", "obsm_key", "summarize"]
 
 #: Columns of the tidy table that are not metrics.
-INFO_COLUMNS = ("method", "label", "seed", "obsm_key", "status", "error", "seconds",
-                "peak_memory_mb")
+INFO_COLUMNS = (
+    "method",
+    "label",
+    "seed",
+    "obsm_key",
+    "status",
+    "error",
+    "seconds",
+    "peak_memory_mb",
+)
 _NUMERIC_INFO = ("seconds", "peak_memory_mb")
 
 
@@ -125,32 +133,61 @@ def compare(
                 cancel.append(err)
                 raise
 
-        row: dict[str, Any] = {"method": name, "label": spec.label, "seed": seed,
-                               "obsm_key": key, "status": "ok", "error": "",
-                               "seconds": np.nan, "peak_memory_mb": np.nan}
+        row: dict[str, Any] = {
+            "method": name,
+            "label": spec.label,
+            "seed": seed,
+            "obsm_key": key,
+            "status": "ok",
+            "error": "",
+            "seconds": np.nan,
+            "peak_memory_mb": np.nan,
+        }
         report(i / len(runs), f"{prefix}: starting")
         try:
-            result = run_method(adata, name, batch_key=batch_key, seed=seed, device=device,
-                                progress=step, key_added=key, **params.get(name, {}))
+            result = run_method(
+                adata,
+                name,
+                batch_key=batch_key,
+                seed=seed,
+                device=device,
+                progress=step,
+                key_added=key,
+                **params.get(name, {}),
+            )
             row["seconds"], row["peak_memory_mb"] = result.seconds, result.peak_memory_mb
             if label_key is None:
                 scores = evaluate.label_free_score(adata, key, batch_key=batch_key, seed=seed)
             else:
-                scores = evaluate.score(adata, key, batch_key=batch_key, label_key=label_key,
-                                        seed=seed)
+                scores = evaluate.score(
+                    adata, key, batch_key=batch_key, label_key=label_key, seed=seed
+                )
             row.update({m: float(v) for m, v in scores.items()})
         except Exception as err:  # a failing peer is a row, not a crash; a cancel propagates
             if cancel:
                 raise cancel[0] from None
             row["status"], row["error"] = "error", _error_text(err)
         rows.append(row)
-        report((i + 1) / len(runs), f"{prefix}: " + (
-            f"finished in {row['seconds']:.1f} s" if row["status"] == "ok"
-            else f"failed: {row['error']}"))
+        report(
+            (i + 1) / len(runs),
+            f"{prefix}: "
+            + (
+                f"finished in {row['seconds']:.1f} s"
+                if row["status"] == "ok"
+                else f"failed: {row['error']}"
+            ),
+        )
 
     df = pd.DataFrame(rows)
-    _store(adata, df, batch_key=batch_key, label_key=label_key, device=device,
-           methods=list(methods), seeds=list(seeds))
+    _store(
+        adata,
+        df,
+        batch_key=batch_key,
+        label_key=label_key,
+        device=device,
+        methods=list(methods),
+        seeds=list(seeds),
+    )
     if csv is not None:
         Path(csv).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(csv, index=False)
@@ -188,17 +225,26 @@ def summarize(df: pd.DataFrame, *, formatted: bool = False, digits: int = 3) -> 
     for name, group in df.groupby("method", sort=False):
         ok = group[group["status"] == "ok"]
         errors = group.loc[group["status"] != "ok", "error"]
-        row: dict[str, Any] = {"method": name, "label": group["label"].iloc[0],
-                               "n_seeds": len(ok), "n_failed": len(group) - len(ok),
-                               "error": str(errors.iloc[0]) if len(errors) else ""}
+        row: dict[str, Any] = {
+            "method": name,
+            "label": group["label"].iloc[0],
+            "n_seeds": len(ok),
+            "n_failed": len(group) - len(ok),
+            "error": str(errors.iloc[0]) if len(errors) else "",
+        }
         for col in values:
             vals = pd.to_numeric(ok[col], errors="coerce").dropna() if col in ok else pd.Series()
             mean = float(vals.mean()) if len(vals) else np.nan
             std = float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else np.nan)
             if formatted:
                 d = 1 if col in _NUMERIC_INFO else digits
-                row[col] = ("n/a" if np.isnan(mean) else f"{mean:.{d}f}" if len(vals) == 1
-                            else f"{mean:.{d}f} ± {std:.{d}f}")
+                row[col] = (
+                    "n/a"
+                    if np.isnan(mean)
+                    else f"{mean:.{d}f}"
+                    if len(vals) == 1
+                    else f"{mean:.{d}f} ± {std:.{d}f}"
+                )
             else:
                 row[f"{col}_mean"], row[f"{col}_std"] = mean, std
         out.append(row)

@@ -24,12 +24,22 @@ class SCHelixConfig:
     """scHelix hyperparameters. Defaults follow SPEC.md; every one can be changed."""
 
     # --- anchor split (SPEC §2) ---
-    tau_dom: float = _f(0.0, "Anchors need domain-sensitivity z-score <= tau_dom (paper: tau_dom).", "anchors")
-    tau_str: float = _f(0.0, "Anchors need structure-separability z-score >= tau_str (paper: tau_str).", "anchors")
-    random_anchors: bool = _f(False, "Ablation S1: random anchors of the same size instead of the quadrant.", "ablation")
+    tau_dom: float = _f(
+        0.0, "Anchors need domain-sensitivity z-score <= tau_dom (paper: tau_dom).", "anchors"
+    )
+    tau_str: float = _f(
+        0.0, "Anchors need structure-separability z-score >= tau_str (paper: tau_str).", "anchors"
+    )
+    random_anchors: bool = _f(
+        False, "Ablation S1: random anchors of the same size instead of the quadrant.", "ablation"
+    )
     # --- variant gate (SPEC §3) ---
-    gate: bool = _f(True, "Variant-only layered domain gate (paper Eq. 4). Off = ablation S2.", "gate")
-    gate_strength: float = _f(0.5, "Gate strength lambda: how much batch-sensitive variant values are damped.", "gate")
+    gate: bool = _f(
+        True, "Variant-only layered domain gate (paper Eq. 4). Off = ablation S2.", "gate"
+    )
+    gate_strength: float = _f(
+        0.5, "Gate strength lambda: how much batch-sensitive variant values are damped.", "gate"
+    )
     gate_low_res: float = _f(0.5, "Leiden resolution of the coarse gate clustering.", "gate")
     gate_high_res: float = _f(2.0, "Leiden resolution of the fine gate clustering.", "gate")
     gate_min_cells: int = _f(20, "Clusters smaller than this get no gate.", "gate")
@@ -41,16 +51,23 @@ class SCHelixConfig:
     # is "scaffold_48d".
     latent_dim: int = _f(16, "Size of every stream embedding (paper: 64; 16 measured better here).")
     graph_dim: int = _f(64, "Query/key size of the learnable gene-gene graph.")
-    graph_temperature: float = _f(0.1, "Temperature tau of the gene-gene similarity ReLU(QK^T/tau).")
+    graph_temperature: float = _f(
+        0.1, "Temperature tau of the gene-gene similarity ReLU(QK^T/tau)."
+    )
     graph_top_k: int = _f(22, "Neighbours kept per gene in the sparse gene graph (top-k).")
-    graph_rebuild_every: int = _f(25, "Steps between rebuilds of the gene graph (stop-gradient caching).")
+    graph_rebuild_every: int = _f(
+        25, "Steps between rebuilds of the gene graph (stop-gradient caching)."
+    )
     n_scales: int = _f(5, "Diffusion scales k = 1..n_scales.")
     hp_alpha: float = _f(0.8, "High-pass mixing xi_1 (weight of X - X P^k).")
     hp_beta: float = _f(0.2, "High-pass mixing xi_2 (weight of X (I - P)).")
-    linear_encoder: bool = _f(False, "Ablation S6: linear encoder instead of graph diffusion.", "ablation")
+    linear_encoder: bool = _f(
+        False, "Ablation S6: linear encoder instead of graph diffusion.", "ablation"
+    )
     decoder_hidden: int = _f(128, "Hidden width of the reconstruction decoders.")
     decoder_batch_conditioning: bool = _f(
-        True, "Give the decoders the batch (one-hot), so embeddings need not carry it to reconstruct."
+        True,
+        "Give the decoders the batch (one-hot), so embeddings need not carry it to reconstruct.",
     )
     # --- align / refine / fuse (SPEC §4) ---
     w_align: float = _f(1.0, "Align loss weight lambda_align (BYOL/SimSiam). 0 = ablation S3.1.")
@@ -59,12 +76,15 @@ class SCHelixConfig:
     refine_temperature: float = _f(0.3, "Softmax temperature of the Refine cross-attention.")
     refine_tokens: int = _f(8, "Tokens each cell's embedding is split into for cross-attention.")
     refine_from_aligned: bool = _f(
-        False, "Refine and fuse with the aligned variant embedding (predictor output); off = the raw "
-        "variant embedding, as SPEC §4 writes it."
+        False,
+        "Refine and fuse with the aligned variant embedding (predictor output); off = the raw "
+        "variant embedding, as SPEC §4 writes it.",
     )
     fusion: str = _f("hyper", "'hyper' = HyperFusion; 'sum' = simple sum (ablation S4).")
     fusion_rank: int = _f(8, "Rank of the hypernetwork's low-rank MLP factors.")
-    fusion_delta_scale: float = _f(2.0, "Residual scaling lambda_Delta of HyperFusion (paper: 0.6).")
+    fusion_delta_scale: float = _f(
+        2.0, "Residual scaling lambda_Delta of HyperFusion (paper: 0.6)."
+    )
     # --- self-training (SPEC §4) ---
     n_prototypes: int = _f(24, "Teacher prototypes K (EMA over anchor embeddings).")
     prototype_momentum: float = _f(0.99, "EMA momentum of the teacher prototypes.")
@@ -72,15 +92,20 @@ class SCHelixConfig:
     w_conn_variant: float = _f(0.08, "Connectivity loss weight, variant stream.")
     w_conn_anchor: float = _f(0.2, "Connectivity loss weight, anchor stream.")
     w_conn_fused: float = _f(
-        0.0, "Connectivity loss weight, fused embedding (paper: 0.2; 0 = ablation S5.2, the default here)."
+        0.0,
+        "Connectivity loss weight, fused embedding (paper: 0.2; 0 = ablation S5.2, the default here).",
     )
     w_mnn_variant: float = _f(
-        1.0, "Weight of the cross-batch MNN term: mutual nearest neighbours across batches in the anchor-gene "
-        "PCA are pulled together in the variant embedding (1 - cosine). 0 = off."
+        1.0,
+        "Weight of the cross-batch MNN term: mutual nearest neighbours across batches in the anchor-gene "
+        "PCA are pulled together in the variant embedding (1 - cosine). 0 = off.",
     )
-    mnn_k: int = _f(20, "Neighbours searched in each other batch when pairing cells for the MNN term.")
+    mnn_k: int = _f(
+        20, "Neighbours searched in each other batch when pairing cells for the MNN term."
+    )
     w_kd: float = _f(
-        0.0, "Confidence-weighted distillation weight (paper: 0.5; 0 = ablation S5.1, the default here)."
+        0.0,
+        "Confidence-weighted distillation weight (paper: 0.5; 0 = ablation S5.1, the default here).",
     )
     kd_conf_threshold: float = _f(0.75, "Teacher confidence below which a cell gets no KD weight.")
     kd_conf_power: float = _f(1.0, "Exponent p of the KD confidence weight max_prob^p.")
@@ -88,25 +113,38 @@ class SCHelixConfig:
     w_rec_anchor: float = _f(1.0, "Reconstruction weight, anchor stream.")
     w_rec_fused: float = _f(1.0, "Reconstruction weight, fused decoder (all HVGs).")
     semi_supervised: bool = _f(
-        False, "Train a cell-type head on the labelled cells (paper Table 4). Off: labels only score."
+        False,
+        "Train a cell-type head on the labelled cells (paper Table 4). Off: labels only score.",
     )
-    w_supervised: float = _f(1.0, "Cross-entropy weight of the semi-supervised head (labelled cells only).")
+    w_supervised: float = _f(
+        1.0, "Cross-entropy weight of the semi-supervised head (labelled cells only)."
+    )
     # --- augmentation ---
     mixup: bool = _f(True, "kNN MixUp augmentation during training.")
     mixup_k: int = _f(300, "Neighbours (PCA space) a cell is mixed with.")
     # --- schedule / optimiser ---
-    max_steps: int = _f(6000, "Upper bound on training steps (default: 6000 or 60 epochs, whichever is fewer).", "training")
+    max_steps: int = _f(
+        6000,
+        "Upper bound on training steps (default: 6000 or 60 epochs, whichever is fewer).",
+        "training",
+    )
     max_epochs: int = _f(60, "Upper bound on epochs.", "training")
-    warmup_steps: int = _f(3000, "Align-only warm-up steps before fusion (capped at half the run).", "training")
+    warmup_steps: int = _f(
+        3000, "Align-only warm-up steps before fusion (capped at half the run).", "training"
+    )
     batch_size: int = _f(256, "Cells per mini-batch.", "training")
     lr: float = _f(1e-3, "AdamW learning rate.", "training")
     weight_decay: float = _f(1e-4, "AdamW weight decay.", "training")
     grad_clip: float = _f(1.0, "Gradient-norm clip.", "training")
-    snapshot_every: int = _f(0, "Steps between fused-embedding snapshots (0 = 10 snapshots per run).", "training")
+    snapshot_every: int = _f(
+        0, "Steps between fused-embedding snapshots (0 = 10 snapshots per run).", "training"
+    )
 
     def __post_init__(self) -> None:
         if self.fusion not in ("hyper", "sum"):
-            raise SchelixError(f"fusion must be 'hyper' or 'sum', got {self.fusion!r}", "use 'hyper' or 'sum'")
+            raise SchelixError(
+                f"fusion must be 'hyper' or 'sum', got {self.fusion!r}", "use 'hyper' or 'sum'"
+            )
         if self.latent_dim % self.refine_tokens:
             raise SchelixError(
                 f"latent_dim ({self.latent_dim}) must be divisible by refine_tokens ({self.refine_tokens})",
@@ -114,7 +152,10 @@ class SCHelixConfig:
             )
         for name in ("batch_size", "max_steps", "graph_top_k", "n_scales", "graph_rebuild_every"):
             if getattr(self, name) < 1:
-                raise SchelixError(f"{name} must be >= 1, got {getattr(self, name)}", f"set {name} to a positive number")
+                raise SchelixError(
+                    f"{name} must be >= 1, got {getattr(self, name)}",
+                    f"set {name} to a positive number",
+                )
 
     def replace(self, **changes: Any) -> SCHelixConfig:
         """A copy with ``changes`` applied; unknown names raise :class:`SchelixError`."""
@@ -153,10 +194,21 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     # latent_dim); "scaffold_48d" is the session-3 default (anchor scaffold, self-training on,
     # no MNN term), kept to compare against (benchmarks/EXPERIMENTS.md).
     "self_training": {"w_kd": 0.5, "w_conn_fused": 0.2},
-    "paper_spec": {"latent_dim": 64, "w_mnn_variant": 0.0, "fusion_delta_scale": 0.6,
-                   "w_kd": 0.5, "w_conn_fused": 0.2},
-    "scaffold_48d": {"latent_dim": 48, "w_mnn_variant": 0.0, "refine_from_aligned": True,
-                     "fusion_delta_scale": 0.6, "w_kd": 0.5, "w_conn_fused": 0.2},
+    "paper_spec": {
+        "latent_dim": 64,
+        "w_mnn_variant": 0.0,
+        "fusion_delta_scale": 0.6,
+        "w_kd": 0.5,
+        "w_conn_fused": 0.2,
+    },
+    "scaffold_48d": {
+        "latent_dim": 48,
+        "w_mnn_variant": 0.0,
+        "refine_from_aligned": True,
+        "fusion_delta_scale": 0.6,
+        "w_kd": 0.5,
+        "w_conn_fused": 0.2,
+    },
 }
 
 

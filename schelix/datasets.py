@@ -105,9 +105,7 @@ def synthetic(
             },
             index=[f"cell{i:05d}" for i in range(n_cells)],
         ),
-        var=pd.DataFrame(
-            {"is_marker": is_marker, "is_batch_affected": is_batch}, index=genes
-        ),
+        var=pd.DataFrame({"is_marker": is_marker, "is_batch_affected": is_batch}, index=genes),
     )
     adata.layers["counts"] = X.copy()
     adata.uns["source"] = f"schelix.datasets.synthetic(seed={seed})"

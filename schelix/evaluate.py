@@ -180,7 +180,9 @@ def _label_scores(x: np.ndarray, graph: _Graph, batch: np.ndarray, labels: np.nd
     if shared:
         out["ASW_batch"] = float(scib_metrics.silhouette_batch(xs, lab, batch[mask], rescale=True))
     else:
-        warnings.warn("No cell type occurs in 2+ batches; ASW_batch is NaN", SchelixWarning, stacklevel=3)
+        warnings.warn(
+            "No cell type occurs in 2+ batches; ASW_batch is NaN", SchelixWarning, stacklevel=3
+        )
         out["ASW_batch"] = float("nan")
     out["Overall"] = 0.4 * out["ASW_batch"] + 0.6 * out["BioMean"]
     return {k: out[k] for k in LABEL_METRICS}
@@ -306,8 +308,10 @@ def evaluate(
         "label_key": label_key or "",
         "seed": int(seed),
         "note": note,
-        "table": {c: df[c].to_numpy() if df[c].dtype != object else df[c].astype(str).to_numpy()
-                  for c in df.columns},
+        "table": {
+            c: df[c].to_numpy() if df[c].dtype != object else df[c].astype(str).to_numpy()
+            for c in df.columns
+        },
     }
     return df
 
@@ -345,17 +349,32 @@ def scib_benchmark(
     for key in keys:
         tmp.obsm[key] = eval_space(_embedding(adata, key), seed=seed)[mask]
     bio = _metric_config(
-        BioConservation, isolated_labels=True, nmi_ari_cluster_labels_leiden=not fast,
-        nmi_ari_cluster_labels_kmeans=True, silhouette_label=True, clisi_knn=True,
+        BioConservation,
+        isolated_labels=True,
+        nmi_ari_cluster_labels_leiden=not fast,
+        nmi_ari_cluster_labels_kmeans=True,
+        silhouette_label=True,
+        clisi_knn=True,
     )
     bat = _metric_config(
-        BatchCorrection, bras=not fast, silhouette_batch=True, ilisi_knn=True,
-        kbet_per_label=not fast, graph_connectivity=True, pcr_comparison=True,
+        BatchCorrection,
+        bras=not fast,
+        silhouette_batch=True,
+        ilisi_knn=True,
+        kbet_per_label=not fast,
+        graph_connectivity=True,
+        pcr_comparison=True,
     )
     bm = Benchmarker(
-        tmp, batch_key="_batch", label_key="_label", embedding_obsm_keys=list(keys),
-        bio_conservation_metrics=bio, batch_correction_metrics=bat,
-        pre_integrated_embedding_obsm_key="_unintegrated", n_jobs=1, progress_bar=False,
+        tmp,
+        batch_key="_batch",
+        label_key="_label",
+        embedding_obsm_keys=list(keys),
+        bio_conservation_metrics=bio,
+        batch_correction_metrics=bat,
+        pre_integrated_embedding_obsm_key="_unintegrated",
+        n_jobs=1,
+        progress_bar=False,
     )
     bm.prepare(neighbor_computer=_knn)
     bm.benchmark()
@@ -407,8 +426,15 @@ def anchor_diagnostic(
         randoms.append(run(mask))
     if randoms:
         rnd = pd.DataFrame(randoms)
-        rows.append({"gene_set": "Random (same size)", "n_genes": n_anchor, "n_sets": len(randoms),
-                     **rnd.mean().to_dict(), "Overall_std": float(rnd["Overall"].std(ddof=0))})
+        rows.append(
+            {
+                "gene_set": "Random (same size)",
+                "n_genes": n_anchor,
+                "n_sets": len(randoms),
+                **rnd.mean().to_dict(),
+                "Overall_std": float(rnd["Overall"].std(ddof=0)),
+            }
+        )
     df = pd.DataFrame(rows)
     df["Overall_std"] = df.get("Overall_std", pd.Series(dtype=float)).fillna(0.0)
     return df[["gene_set", "n_genes", "n_sets", *LABEL_METRICS, "Overall_std"]]

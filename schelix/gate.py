@@ -63,12 +63,19 @@ class VariantGate:
         Returns a dense float32 ``(n x n_variant_genes)`` array.
         """
         sel = slice(None) if idx is None else idx
-        g = (self.w_low * self.gamma_low[self.low_labels[sel]]
-             + self.w_high * self.gamma_high[self.high_labels[sel]])
+        g = (
+            self.w_low * self.gamma_low[self.low_labels[sel]]
+            + self.w_high * self.gamma_high[self.high_labels[sel]]
+        )
         return np.clip(g, 0.0, 1.0).astype(np.float32)
 
-    def apply(self, x_var: np.ndarray | sp.spmatrix, *, strength: float = 0.5,
-              idx: np.ndarray | slice | None = None) -> np.ndarray:
+    def apply(
+        self,
+        x_var: np.ndarray | sp.spmatrix,
+        *,
+        strength: float = 0.5,
+        idx: np.ndarray | slice | None = None,
+    ) -> np.ndarray:
         """Gate a variant matrix (paper Eq. 4): ``x_var * (1 - strength * gamma)``.
 
         Parameters
@@ -82,16 +89,20 @@ class VariantGate:
             Which cells the rows of ``x_var`` are (for minibatches).
         """
         if not 0.0 <= strength <= 1.0:
-            raise SchelixError(f"Gate strength {strength} is outside [0, 1]",
-                               "choose a strength between 0 (off) and 1 (full)")
+            raise SchelixError(
+                f"Gate strength {strength} is outside [0, 1]",
+                "choose a strength between 0 (off) and 1 (full)",
+            )
         x = x_var.toarray() if sp.issparse(x_var) else np.asarray(x_var)
         x = x.astype(np.float32, copy=False)
         n_rows = self.n_cells if idx is None else len(np.arange(self.n_cells)[idx])
         if x.shape != (n_rows, len(self.variant_genes)):
-            raise SchelixError(f"Variant matrix has shape {x.shape}, the gate expects "
-                               f"({n_rows}, {len(self.variant_genes)})",
-                               "pass only the variant genes (var['schelix_stream'] == 'variant') "
-                               "of the cells the gate was fitted on")
+            raise SchelixError(
+                f"Variant matrix has shape {x.shape}, the gate expects "
+                f"({n_rows}, {len(self.variant_genes)})",
+                "pass only the variant genes (var['schelix_stream'] == 'variant') "
+                "of the cells the gate was fitted on",
+            )
         if strength == 0.0:
             return x.copy()
         return x * (1.0 - strength * self.gamma(idx))
@@ -102,17 +113,25 @@ class VariantGate:
         rec = adata.uns.get("schelix", {}).get("gate")
         if rec is None or "schelix_gate_low" not in adata.obs:
             raise SchelixError("No fitted gate in this AnnData", "run schelix.gate.fit_gate first")
-        return cls(variant_genes=np.asarray(rec["variant_genes"], dtype=str),
-                   gamma_low=np.asarray(rec["gamma_low"], np.float32),
-                   gamma_high=np.asarray(rec["gamma_high"], np.float32),
-                   low_labels=pd.Categorical(adata.obs["schelix_gate_low"]).codes.astype(np.int64),
-                   high_labels=pd.Categorical(adata.obs["schelix_gate_high"]).codes.astype(np.int64),
-                   w_low=float(rec["w_low"]), w_high=float(rec["w_high"]))
+        return cls(
+            variant_genes=np.asarray(rec["variant_genes"], dtype=str),
+            gamma_low=np.asarray(rec["gamma_low"], np.float32),
+            gamma_high=np.asarray(rec["gamma_high"], np.float32),
+            low_labels=pd.Categorical(adata.obs["schelix_gate_low"]).codes.astype(np.int64),
+            high_labels=pd.Categorical(adata.obs["schelix_gate_high"]).codes.astype(np.int64),
+            w_low=float(rec["w_low"]),
+            w_high=float(rec["w_high"]),
+        )
 
 
-def cluster_gamma(x: np.ndarray | sp.spmatrix, clusters: np.ndarray, batches: np.ndarray, *,
-                  min_cells: int = 20, weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def cluster_gamma(
+    x: np.ndarray | sp.spmatrix,
+    clusters: np.ndarray,
+    batches: np.ndarray,
+    *,
+    min_cells: int = 20,
+    weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster gate ``gamma(c, g)`` from cluster x batch sufficient statistics (App. F.1).
 
     Parameters
@@ -157,9 +176,18 @@ def cluster_gamma(x: np.ndarray | sp.spmatrix, clusters: np.ndarray, batches: np
     return np.clip(gamma, 0.0, 1.0).astype(np.float32), gated
 
 
-def fit_gate(adata: AnnData, *, low_res: float = 0.5, high_res: float = 2.0, min_cells: int = 20,
-             weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), w_low: float = 0.5,
-             w_high: float = 0.5, seed: int = 0, batch_key: str | None = None) -> VariantGate:
+def fit_gate(
+    adata: AnnData,
+    *,
+    low_res: float = 0.5,
+    high_res: float = 2.0,
+    min_cells: int = 20,
+    weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
+    w_low: float = 0.5,
+    w_high: float = 0.5,
+    seed: int = 0,
+    batch_key: str | None = None,
+) -> VariantGate:
     """Fit the layered variant gate on the kNN graph of :func:`schelix.anchors.score_genes`.
 
     Parameters
@@ -186,17 +214,23 @@ def fit_gate(adata: AnnData, *, low_res: float = 0.5, high_res: float = 2.0, min
     ``uns["schelix"]["gate"]`` (see :meth:`VariantGate.from_adata`).
     """
     if "schelix_connectivities" not in adata.obsp:
-        raise SchelixError("The anchor-discovery kNN graph is missing",
-                           "run schelix.anchors.score_genes(adata, batch_key=...) first")
+        raise SchelixError(
+            "The anchor-discovery kNN graph is missing",
+            "run schelix.anchors.score_genes(adata, batch_key=...) first",
+        )
     if "schelix_stream" not in adata.var:
         raise SchelixError("No anchor/variant split", "run schelix.anchors.split_anchors first")
     if len(weights) != 3 or min(weights) < 0:
-        raise SchelixError(f"Gate weights {tuple(weights)} are not three non-negative numbers",
-                           "pass weights=(w_mu, w_sigma, w_var), e.g. (1/3, 1/3, 1/3)")
+        raise SchelixError(
+            f"Gate weights {tuple(weights)} are not three non-negative numbers",
+            "pass weights=(w_mu, w_sigma, w_var), e.g. (1/3, 1/3, 1/3)",
+        )
     batch_key = batch_key or _uns(adata).get("anchor_scores", {}).get("batch_key")
     if batch_key not in adata.obs:
-        raise SchelixError(f"Batch column {batch_key!r} is not in adata.obs",
-                           f"pass batch_key=, one of: {', '.join(map(repr, adata.obs.columns))}")
+        raise SchelixError(
+            f"Batch column {batch_key!r} is not in adata.obs",
+            f"pass batch_key=, one of: {', '.join(map(repr, adata.obs.columns))}",
+        )
     variant = (adata.var["schelix_stream"] == "variant").to_numpy()
     x = adata.X[:, variant]
     batches = pd.Categorical(adata.obs[batch_key].astype(str)).codes
@@ -206,20 +240,35 @@ def fit_gate(adata: AnnData, *, low_res: float = 0.5, high_res: float = 2.0, min
         lab = leiden_labels(conn, resolution=res, seed=seed)
         adata.obs[f"schelix_gate_{name}"] = pd.Series(lab, index=adata.obs_names)
         labels[name] = lab.codes.astype(np.int64)
-        gammas[name], ok = cluster_gamma(x, labels[name], batches, min_cells=min_cells,
-                                         weights=tuple(weights))
+        gammas[name], ok = cluster_gamma(
+            x, labels[name], batches, min_cells=min_cells, weights=tuple(weights)
+        )
         n_gated[name] = int(ok.sum())
-    gate = VariantGate(variant_genes=adata.var_names[variant].to_numpy(dtype=str),
-                       gamma_low=gammas["low"], gamma_high=gammas["high"],
-                       low_labels=labels["low"], high_labels=labels["high"],
-                       w_low=float(w_low), w_high=float(w_high))
+    gate = VariantGate(
+        variant_genes=adata.var_names[variant].to_numpy(dtype=str),
+        gamma_low=gammas["low"],
+        gamma_high=gammas["high"],
+        low_labels=labels["low"],
+        high_labels=labels["high"],
+        w_low=float(w_low),
+        w_high=float(w_high),
+    )
     _uns(adata)["gate"] = {
-        "low_res": float(low_res), "high_res": float(high_res), "min_cells": int(min_cells),
-        "min_batch_cells": MIN_BATCH_CELLS, "weights": [float(w) for w in weights],
-        "w_low": float(w_low), "w_high": float(w_high), "seed": int(seed), "batch_key": batch_key,
-        "n_low_clusters": len(gammas["low"]), "n_high_clusters": len(gammas["high"]),
-        "n_low_gated": n_gated["low"], "n_high_gated": n_gated["high"],
+        "low_res": float(low_res),
+        "high_res": float(high_res),
+        "min_cells": int(min_cells),
+        "min_batch_cells": MIN_BATCH_CELLS,
+        "weights": [float(w) for w in weights],
+        "w_low": float(w_low),
+        "w_high": float(w_high),
+        "seed": int(seed),
+        "batch_key": batch_key,
+        "n_low_clusters": len(gammas["low"]),
+        "n_high_clusters": len(gammas["high"]),
+        "n_low_gated": n_gated["low"],
+        "n_high_gated": n_gated["high"],
         "variant_genes": [str(g) for g in gate.variant_genes],
-        "gamma_low": gammas["low"], "gamma_high": gammas["high"],
+        "gamma_low": gammas["low"],
+        "gamma_high": gammas["high"],
     }
     return gate

@@ -57,7 +57,9 @@ class SCHelix:
         Hyperparameters; ``overrides`` change single fields (``SCHelix(adata, max_steps=500)``).
     """
 
-    def __init__(self, adata: ad.AnnData, config: SCHelixConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, adata: ad.AnnData, config: SCHelixConfig | None = None, **overrides: Any
+    ) -> None:
         setup = _uns(adata).get("setup")
         if not setup:
             raise SchelixError(
@@ -84,7 +86,9 @@ class SCHelix:
 
     # ------------------------------------------------------------------ setup
     @classmethod
-    def setup_anndata(cls, adata: ad.AnnData, batch_key: str, labels_key: str | None = None) -> None:
+    def setup_anndata(
+        cls, adata: ad.AnnData, batch_key: str, labels_key: str | None = None
+    ) -> None:
         """Check and record which ``obs`` columns hold batches and (optional) cell types."""
         for role, key in (("Batch", batch_key), ("Label", labels_key)):
             if key is not None and key not in adata.obs:
@@ -119,7 +123,9 @@ class SCHelix:
             batches = [str(b) for b in adata.obs[self.batch_key].astype("category").cat.categories]
             labels = []
             if self.labels_key and c.semi_supervised:
-                labels = sorted({str(v) for v in adata.obs[self.labels_key].astype(str)} - set(UNLABELLED))
+                labels = sorted(
+                    {str(v) for v in adata.obs[self.labels_key].astype(str)} - set(UNLABELLED)
+                )
             self.meta = {"variants": variants, "anchors": anchors, "mean": mean, "std": std,
                          "batches": batches, "labels": labels}  # fmt: skip
         else:
@@ -135,11 +141,15 @@ class SCHelix:
             )  # fmt: skip
             order = pd.Index(g.variant_genes).get_indexer(variants)
             x_var = x_var * (1 - c.gate_strength * g.gamma()[:, order])
-        batch = pd.Categorical(adata.obs[self.batch_key].astype(str), categories=self.meta["batches"]).codes
+        batch = pd.Categorical(
+            adata.obs[self.batch_key].astype(str), categories=self.meta["batches"]
+        ).codes
         labels = None
         if self.meta["labels"]:
             labels = torch.as_tensor(
-                pd.Categorical(adata.obs[self.labels_key].astype(str), categories=self.meta["labels"]).codes,
+                pd.Categorical(
+                    adata.obs[self.labels_key].astype(str), categories=self.meta["labels"]
+                ).codes,
                 dtype=torch.long,
             )  # unknown labels -> -1
         neighbors = partners = None
@@ -200,7 +210,9 @@ class SCHelix:
     def _ready_to_train(self, data: TrainData) -> bool:
         """Whether ``data`` has the MixUp kNN and MNN partners this config trains with."""
         c = self.config
-        return (data.neighbors is not None or not c.mixup) and (data.partners is not None or c.w_mnn_variant <= 0)
+        return (data.neighbors is not None or not c.mixup) and (
+            data.partners is not None or c.w_mnn_variant <= 0
+        )
 
     @property
     def is_trained(self) -> bool:
@@ -247,7 +259,9 @@ class SCHelix:
             raise SchelixError("There is no trained model to save", "call model.train() first")
         path = Path(path)
         if path.exists() and any(path.iterdir()) and not overwrite:
-            raise SchelixError(f"{path} is not empty", "choose an empty folder or pass overwrite=True")
+            raise SchelixError(
+                f"{path} is not empty", "choose an empty folder or pass overwrite=True"
+            )
         path.mkdir(parents=True, exist_ok=True)
         torch.save(
             {
@@ -273,7 +287,9 @@ class SCHelix:
         """Rebuild a saved model on ``adata`` (which must hold the same genes)."""
         path = Path(path)
         if not (path / "model.pt").exists():
-            raise SchelixError(f"No saved scHelix model in {path}", "pass the folder that model.save() wrote")
+            raise SchelixError(
+                f"No saved scHelix model in {path}", "pass the folder that model.save() wrote"
+            )
         blob = torch.load(path / "model.pt", map_location="cpu", weights_only=False)
         config = SCHelixConfig.from_dict(json.loads((path / "config.json").read_text()))
         missing = set(blob["meta"]["variants"] + blob["meta"]["anchors"]) - set(adata.var_names)
@@ -289,18 +305,26 @@ class SCHelix:
             m = blob["meta"]
             stream = pd.Series("unused", index=adata.var_names)
             stream[m["anchors"]], stream[m["variants"]] = "anchor", "variant"
-            adata.var["schelix_stream"] = pd.Categorical(stream, categories=["anchor", "variant", "unused"])
+            adata.var["schelix_stream"] = pd.Categorical(
+                stream, categories=["anchor", "variant", "unused"]
+            )
         model = cls(adata, config)
         model.meta, model.seed = blob["meta"], blob["seed"]
         model._build()
         model.module.load_state_dict(blob["module"])
         s = blob["state"]
-        model.state = TrainState(s["step"], s["history"], s["snapshots"], s["optimizer"], s["seconds"])
+        model.state = TrainState(
+            s["step"], s["history"], s["snapshots"], s["optimizer"], s["seconds"]
+        )
         model.device = resolve_device(device)
         model.module.to(model.device)
         return model
 
     def __repr__(self) -> str:
         n_var, n_anc = len(self.meta.get("variants", [])), len(self.meta.get("anchors", []))
-        status = f"trained {self.state.step} steps on {self.device}" if self.is_trained else "not trained"
+        status = (
+            f"trained {self.state.step} steps on {self.device}"
+            if self.is_trained
+            else "not trained"
+        )
         return f"SCHelix({self.adata.n_obs} cells, {n_anc} anchors, {n_var} variants; {status})"

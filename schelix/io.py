@@ -104,8 +104,11 @@ def _dedupe(adata: ad.AnnData, notes: list[str]) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 fn()
-            _note(notes, f"{n_dup} duplicate {axis} names (e.g. '{example}') were made unique "
-                         f"by appending '-1', '-2', ...")
+            _note(
+                notes,
+                f"{n_dup} duplicate {axis} names (e.g. '{example}') were made unique "
+                f"by appending '-1', '-2', ...",
+            )
 
 
 def _to_categorical(adata: ad.AnnData, key: str, what: str, notes: list[str]) -> None:
@@ -118,7 +121,9 @@ def _to_categorical(adata: ad.AnnData, key: str, what: str, notes: list[str]) ->
     adata.obs[key] = pd.Categorical(col.astype(str).where(col.notna()))
 
 
-def validate(adata: ad.AnnData, *, batch_key: str | None, label_key: str | None = None) -> list[str]:
+def validate(
+    adata: ad.AnnData, *, batch_key: str | None, label_key: str | None = None
+) -> list[str]:
     """Check an AnnData for integration; fix harmless things in place and say so.
 
     Checks size, duplicate names (made unique), NaN/Inf/negative values, the batch
@@ -145,12 +150,15 @@ def validate(adata: ad.AnnData, *, batch_key: str | None, label_key: str | None 
     cols = ", ".join(f"'{c}'" for c in adata.obs.columns) or "(none: add one to adata.obs)"
     if batch_key is not None:
         if batch_key not in adata.obs:
-            raise SchelixError(f"Batch column '{batch_key}' is not in adata.obs",
-                               f"choose one of: {cols}")
+            raise SchelixError(
+                f"Batch column '{batch_key}' is not in adata.obs", f"choose one of: {cols}"
+            )
         n_na = int(adata.obs[batch_key].isna().sum())
         if n_na:
-            raise SchelixError(f"Batch column '{batch_key}' is missing for {n_na} cells",
-                               "fill in the batch of those cells or remove them")
+            raise SchelixError(
+                f"Batch column '{batch_key}' is missing for {n_na} cells",
+                "fill in the batch of those cells or remove them",
+            )
         _to_categorical(adata, batch_key, "Batch", notes)
         batches = adata.obs[batch_key].cat.remove_unused_categories().cat.categories
         if len(batches) < 2:
@@ -160,8 +168,11 @@ def validate(adata: ad.AnnData, *, batch_key: str | None, label_key: str | None 
             )
     if label_key is not None:
         if label_key not in adata.obs:
-            _note(notes, f"Label column '{label_key}' is not in adata.obs: label-based metrics "
-                         f"will be skipped (available columns: {cols})")
+            _note(
+                notes,
+                f"Label column '{label_key}' is not in adata.obs: label-based metrics "
+                f"will be skipped (available columns: {cols})",
+            )
         else:
             _to_categorical(adata, label_key, "Label", notes)
     info = adata.uns.setdefault("schelix", {}).setdefault("input", {})
@@ -185,7 +196,9 @@ def _hdf5_kind(path: Path) -> str:
     try:
         with h5py.File(path, "r") as f:
             keys = set(f.keys())
-            if "matrix" in keys or any("barcodes" in f[k] for k in keys if isinstance(f[k], h5py.Group)):
+            if "matrix" in keys or any(
+                "barcodes" in f[k] for k in keys if isinstance(f[k], h5py.Group)
+            ):
                 return "10x"
             return "h5ad" if {"X", "obs", "var"} <= keys else "other"
     except Exception as e:
@@ -203,13 +216,17 @@ def _read_10x_h5(path: Path) -> tuple[ad.AnnData, str]:
     if kind == "h5ad":  # an AnnData file with an .h5 name
         return _read_h5ad(path), "h5ad"
     if kind != "10x":
-        raise SchelixError(f"'{path.name}' is HDF5 but not in the 10x Cell Ranger layout",
-                           "upload the filtered_feature_bc_matrix.h5 from Cell Ranger, or " + SUPPORTED)
+        raise SchelixError(
+            f"'{path.name}' is HDF5 but not in the 10x Cell Ranger layout",
+            "upload the filtered_feature_bc_matrix.h5 from Cell Ranger, or " + SUPPORTED,
+        )
     try:
         return sc.read_10x_h5(path), "10x-h5"
     except Exception as e:
-        raise SchelixError(f"'{path.name}' could not be read as a 10x .h5 file ({e})",
-                           "re-export it from Cell Ranger, or upload " + SUPPORTED) from e
+        raise SchelixError(
+            f"'{path.name}' could not be read as a 10x .h5 file ({e})",
+            "re-export it from Cell Ranger, or upload " + SUPPORTED,
+        ) from e
 
 
 def _find_one(folder: Path, names: tuple[str, ...], prefix: str) -> Path | None:
@@ -222,27 +239,43 @@ def _find_one(folder: Path, names: tuple[str, ...], prefix: str) -> Path | None:
 def _read_mtx_folder(folder: Path) -> ad.AnnData:
     import scanpy as sc
 
-    found = sorted(p for p in folder.rglob("*matrix.mtx*") if p.name.endswith(_MTX_NAMES)
-                   and "__MACOSX" not in p.parts)
+    found = sorted(
+        p
+        for p in folder.rglob("*matrix.mtx*")
+        if p.name.endswith(_MTX_NAMES) and "__MACOSX" not in p.parts
+    )
     if not found:
-        raise SchelixError(f"No matrix.mtx or matrix.mtx.gz found in '{folder.name}'",
-                           "the folder (or zip) must hold a 10x matrix: " + SUPPORTED)
+        raise SchelixError(
+            f"No matrix.mtx or matrix.mtx.gz found in '{folder.name}'",
+            "the folder (or zip) must hold a 10x matrix: " + SUPPORTED,
+        )
     if len({p.parent for p in found}) > 1:
-        raise SchelixError(f"Several 10x matrices in '{folder.name}': "
-                           + ", ".join(str(p.relative_to(folder)) for p in found),
-                           "upload one sample at a time (one folder or zip per matrix)")
+        raise SchelixError(
+            f"Several 10x matrices in '{folder.name}': "
+            + ", ".join(str(p.relative_to(folder)) for p in found),
+            "upload one sample at a time (one folder or zip per matrix)",
+        )
     mtx = found[0]
     where, prefix = mtx.parent, mtx.name[: mtx.name.index("matrix.mtx")]
-    genes = _find_one(where, ("features.tsv.gz", "features.tsv", "genes.tsv", "genes.tsv.gz"), prefix)
+    genes = _find_one(
+        where, ("features.tsv.gz", "features.tsv", "genes.tsv", "genes.tsv.gz"), prefix
+    )
     barcodes = _find_one(where, ("barcodes.tsv.gz", "barcodes.tsv"), prefix)
     if genes is None or barcodes is None:
         missing = "features.tsv/genes.tsv" if genes is None else "barcodes.tsv"
-        raise SchelixError(f"'{mtx.name}' has no {missing} next to it",
-                           "put matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv) and "
-                           "barcodes.tsv[.gz] in one folder, as Cell Ranger writes them")
+        raise SchelixError(
+            f"'{mtx.name}' has no {missing} next to it",
+            "put matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv) and "
+            "barcodes.tsv[.gz] in one folder, as Cell Ranger writes them",
+        )
     try:
-        v3 = all(p.name.endswith(".gz") for p in (mtx, genes, barcodes)) and "features" in genes.name
-        legacy = not any(p.name.endswith(".gz") for p in (mtx, genes, barcodes)) and "genes" in genes.name
+        v3 = (
+            all(p.name.endswith(".gz") for p in (mtx, genes, barcodes)) and "features" in genes.name
+        )
+        legacy = (
+            not any(p.name.endswith(".gz") for p in (mtx, genes, barcodes))
+            and "genes" in genes.name
+        )
         if v3 or legacy:
             return sc.read_10x_mtx(where, prefix=prefix, make_unique=False)
         # a non-standard mix (e.g. plain features.tsv): same reading, by hand
@@ -250,8 +283,10 @@ def _read_mtx_folder(folder: Path) -> ad.AnnData:
         var = pd.read_csv(genes, sep="\t", header=None, dtype=str)
         obs = pd.read_csv(barcodes, sep="\t", header=None, dtype=str)
         if adata.shape != (len(obs), len(var)):
-            raise ValueError(f"matrix is {adata.n_vars} x {adata.n_obs} (genes x cells) but "
-                             f"{genes.name} lists {len(var)} genes and {barcodes.name} {len(obs)} cells")
+            raise ValueError(
+                f"matrix is {adata.n_vars} x {adata.n_obs} (genes x cells) but "
+                f"{genes.name} lists {len(var)} genes and {barcodes.name} {len(obs)} cells"
+            )
         adata.obs_names = obs[0].to_numpy()
         adata.var_names = var[1 if var.shape[1] > 1 else 0].to_numpy()
         adata.var["gene_ids"] = var[0].to_numpy()
@@ -259,22 +294,27 @@ def _read_mtx_folder(folder: Path) -> ad.AnnData:
             adata = adata[:, var[2].to_numpy() == "Gene Expression"].copy()
         return adata
     except Exception as e:
-        raise SchelixError(f"The 10x matrix in '{folder.name}' could not be read ({type(e).__name__}: {e})",
-                           "check that matrix, features and barcodes belong together and are "
-                           "complete (re-export from Cell Ranger)") from e
+        raise SchelixError(
+            f"The 10x matrix in '{folder.name}' could not be read ({type(e).__name__}: {e})",
+            "check that matrix, features and barcodes belong together and are "
+            "complete (re-export from Cell Ranger)",
+        ) from e
 
 
 def _read_zip(path: Path) -> ad.AnnData:
     if not zipfile.is_zipfile(path):
-        raise SchelixError(f"'{path.name}' is not a valid zip file (truncated or corrupt)",
-                           "re-create the zip of the 10x folder, or upload " + SUPPORTED)
+        raise SchelixError(
+            f"'{path.name}' is not a valid zip file (truncated or corrupt)",
+            "re-create the zip of the 10x folder, or upload " + SUPPORTED,
+        )
     with tempfile.TemporaryDirectory(prefix="schelix_zip_") as tmp:
         try:
             with zipfile.ZipFile(path) as z:
                 z.extractall(tmp)
         except Exception as e:
-            raise SchelixError(f"'{path.name}' could not be extracted ({e})",
-                               "re-create the zip of the 10x folder") from e
+            raise SchelixError(
+                f"'{path.name}' could not be extracted ({e})", "re-create the zip of the 10x folder"
+            ) from e
         adata = _read_mtx_folder(Path(tmp))
         adata.X = _csr32(adata.X)  # fully in memory before the folder goes
     return adata
@@ -296,12 +336,16 @@ def _read_any(path: Path) -> tuple[ad.AnnData, str]:
         return _read_zip(path), "10x-mtx-zip"
     fix = "upload " + SUPPORTED
     if name.endswith((".rds", ".rdata", ".h5seurat", ".loom", ".csv", ".tsv", ".txt")):
-        fix = "convert it to .h5ad first (e.g. SeuratDisk/zellkonverter for R objects, "\
-              "anndata.read_loom/read_csv in Python), or " + fix
+        fix = (
+            "convert it to .h5ad first (e.g. SeuratDisk/zellkonverter for R objects, "
+            "anndata.read_loom/read_csv in Python), or " + fix
+        )
     raise SchelixError(f"Unknown file type '{path.suffix or path.name}' for '{path.name}'", fix)
 
 
-def read(path: str | Path, *, batch_key: str | None = None, label_key: str | None = None) -> ad.AnnData:
+def read(
+    path: str | Path, *, batch_key: str | None = None, label_key: str | None = None
+) -> ad.AnnData:
     """Read single-cell data and put raw counts in ``X`` and ``layers["counts"]``.
 
     Parameters
@@ -332,25 +376,43 @@ def read(path: str | Path, *, batch_key: str | None = None, label_key: str | Non
         adata.layers.pop("counts", None)
         _note(notes, LOGNORM_NOTE)
         if _values(adata.X).max(initial=0) > 50:
-            _note(notes, "X has values above 50 and is not integer: it may be normalized but not "
-                         "log-transformed; provide raw counts or log1p-transformed data")
+            _note(
+                notes,
+                "X has values above 50 and is not integer: it may be normalized but not "
+                "log-transformed; provide raw counts or log1p-transformed data",
+            )
     else:
         counts = _csr32(counts)
         if source == "raw" and adata.raw.n_vars != adata.n_vars:
-            _note(notes, f"Counts taken from adata.raw with all {adata.raw.n_vars} genes "
-                         f"(X had {adata.n_vars}); the processed X is dropped", warn=False)
-            adata = ad.AnnData(X=counts, obs=adata.obs, var=adata.raw.var.copy(),
-                               obsm=dict(adata.obsm), uns=dict(adata.uns))
+            _note(
+                notes,
+                f"Counts taken from adata.raw with all {adata.raw.n_vars} genes "
+                f"(X had {adata.n_vars}); the processed X is dropped",
+                warn=False,
+            )
+            adata = ad.AnnData(
+                X=counts,
+                obs=adata.obs,
+                var=adata.raw.var.copy(),
+                obsm=dict(adata.obsm),
+                uns=dict(adata.uns),
+            )
         else:
             adata.X = counts
         adata.layers["counts"] = counts.copy()
         if source != "X":
-            _note(notes, f"Raw counts found in {source}; they are now in X and layers['counts']",
-                  warn=False)
+            _note(
+                notes,
+                f"Raw counts found in {source}; they are now in X and layers['counts']",
+                warn=False,
+            )
     adata.raw = None
     adata.uns.setdefault("schelix", {})["input"] = {
-        "path": str(path), "format": fmt, "counts_found": source != "none",
-        "counts_source": source, "notes": notes,
+        "path": str(path),
+        "format": fmt,
+        "counts_found": source != "none",
+        "counts_source": source,
+        "notes": notes,
     }
     validate(adata, batch_key=batch_key, label_key=label_key)
     return adata

@@ -176,8 +176,10 @@ def start(job_dir: str | Path, kind: str, params: dict[str, Any]) -> Job:
         )
     _PROCS[proc.pid] = proc
     st = _read_json(job_dir / "status.json")  # the child may have written already
-    _write_json(job_dir / "status.json", {"status": "running", "message": "starting",
-                                          "started": time.time(), **st, "pid": proc.pid})
+    _write_json(
+        job_dir / "status.json",
+        {"status": "running", "message": "starting", "started": time.time(), **st, "pid": proc.pid},
+    )
     return Job(job_dir)
 
 
@@ -248,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         ctx.set_status(status="finished", message=message, finished=time.time())
         return 0
     except JobCancelled:
-        ctx.set_status(status="cancelled", message="Cancelled; earlier results are kept",
-                       finished=time.time())
+        ctx.set_status(
+            status="cancelled", message="Cancelled; earlier results are kept", finished=time.time()
+        )
         return 0
     except SchelixError as err:
         ctx.set_status(status="failed", message=str(err), finished=time.time())
@@ -257,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as err:
         (path / "error.log").write_text(traceback.format_exc())
         if ctx.should_stop():
-            ctx.set_status(status="cancelled", message="Cancelled; earlier results are kept",
-                           finished=time.time())
+            ctx.set_status(
+                status="cancelled",
+                message="Cancelled; earlier results are kept",
+                finished=time.time(),
+            )
             return 0
         ctx.set_status(
             status="failed",

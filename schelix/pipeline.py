@@ -61,12 +61,20 @@ def integrate(
     SCHelix.setup_anndata(adata, batch_key=batch_key, labels_key=labels_key)
     model = SCHelix(adata, cfg)
     t0 = time.perf_counter()
-    model.train(max_steps=max_steps, device=device, seed=seed, callbacks=callbacks, progress_bar=progress_bar)
+    model.train(
+        max_steps=max_steps,
+        device=device,
+        seed=seed,
+        callbacks=callbacks,
+        progress_bar=progress_bar,
+    )
     write_results(model, key_added=key_added, seconds=time.perf_counter() - t0)
     return model
 
 
-def write_results(model: SCHelix, *, key_added: str = "X_schelix", seconds: float | None = None) -> None:
+def write_results(
+    model: SCHelix, *, key_added: str = "X_schelix", seconds: float | None = None
+) -> None:
     """Write a trained model's embeddings, snapshots, settings and loss history into its AnnData."""
     adata = model.adata
     for stage in STAGES:

@@ -54,12 +54,22 @@ def qc_violins(obs: pd.DataFrame, *, batch_key: str, thresholds: Mapping[str, fl
         for b in batches.cat.categories:
             y = obs.loc[(batches == b).to_numpy(), col].to_numpy()
             fig.add_trace(
-                go.Violin(y=y, name=str(b), line_color=colors[b], showlegend=False, points=False,
-                          box_visible=True, meanline_visible=False),
-                row=1, col=j,
+                go.Violin(
+                    y=y,
+                    name=str(b),
+                    line_color=colors[b],
+                    showlegend=False,
+                    points=False,
+                    box_visible=True,
+                    meanline_visible=False,
+                ),
+                row=1,
+                col=j,
             )
         if col in thresholds:
-            fig.add_hline(y=float(thresholds[col]), line_dash="dash", line_color="red", row=1, col=j)
+            fig.add_hline(
+                y=float(thresholds[col]), line_dash="dash", line_color="red", row=1, col=j
+            )
     fig.update_layout(height=360, margin={"t": 40, "b": 10, "l": 10, "r": 10})
     return fig
 
@@ -84,8 +94,12 @@ def quadrant(
     for name, mask in (("anchor", anchor), ("variant", ~anchor)):
         fig.add_trace(
             go.Scattergl(
-                x=x[mask], y=y[mask], mode="markers", customdata=genes[mask],
-                name=f"{name}s ({int(mask.sum())})", hovertemplate=hover + f"<extra>{name}</extra>",
+                x=x[mask],
+                y=y[mask],
+                mode="markers",
+                customdata=genes[mask],
+                name=f"{name}s ({int(mask.sum())})",
+                hovertemplate=hover + f"<extra>{name}</extra>",
                 marker={"size": 5, "color": STREAM_COLORS[name], "opacity": 0.7},
             )
         )
@@ -93,10 +107,19 @@ def quadrant(
         sel = np.isin(genes, list(highlight))
         fig.add_trace(
             go.Scatter(
-                x=x[sel], y=y[sel], mode="markers+text", text=genes[sel], customdata=genes[sel],
-                textposition="top center", name="found", hovertemplate=hover + "<extra></extra>",
-                marker={"size": 11, "color": "rgba(0,0,0,0)",
-                        "line": {"width": 2, "color": STREAM_COLORS["highlight"]}},
+                x=x[sel],
+                y=y[sel],
+                mode="markers+text",
+                text=genes[sel],
+                customdata=genes[sel],
+                textposition="top center",
+                name="found",
+                hovertemplate=hover + "<extra></extra>",
+                marker={
+                    "size": 11,
+                    "color": "rgba(0,0,0,0)",
+                    "line": {"width": 2, "color": STREAM_COLORS["highlight"]},
+                },
             )
         )
     fig.add_vline(x=tau_dom, line_dash="dash", line_color="#444")
@@ -104,7 +127,9 @@ def quadrant(
     fig.update_layout(
         xaxis_title="domain sensitivity z-score (z_dom)",
         yaxis_title="structure separability z-score (z_str)",
-        height=520, margin={"t": 30, "b": 10, "l": 10, "r": 10}, legend={"orientation": "h"},
+        height=520,
+        margin={"t": 30, "b": 10, "l": 10, "r": 10},
+        legend={"orientation": "h"},
         uirevision="quadrant",  # keep zoom while sliders move
     )
     return fig
@@ -114,14 +139,24 @@ def gene_profile(profile: Mapping[str, pd.DataFrame], gene: str) -> go.Figure:
     """Mean expression (± std) of one gene per batch and per pseudo-cluster."""
     parts = [k for k in ("per_batch", "per_cluster") if k in profile]
     titles = {"per_batch": "per batch", "per_cluster": "per pseudo-cluster"}
-    fig = make_subplots(rows=1, cols=len(parts), subplot_titles=[titles[p] for p in parts],
-                        column_widths=[1, 3][: len(parts)])
+    fig = make_subplots(
+        rows=1,
+        cols=len(parts),
+        subplot_titles=[titles[p] for p in parts],
+        column_widths=[1, 3][: len(parts)],
+    )
     for j, part in enumerate(parts, start=1):
         df = profile[part]
         fig.add_trace(
-            go.Bar(x=[str(i) for i in df.index], y=df["mean"], error_y={"array": df.get("std")},
-                   showlegend=False, marker_color=STREAM_COLORS["anchor" if j == 1 else "variant"]),
-            row=1, col=j,
+            go.Bar(
+                x=[str(i) for i in df.index],
+                y=df["mean"],
+                error_y={"array": df.get("std")},
+                showlegend=False,
+                marker_color=STREAM_COLORS["anchor" if j == 1 else "variant"],
+            ),
+            row=1,
+            col=j,
         )
     fig.update_yaxes(title_text=f"{gene} (log-normalised)", row=1, col=1)
     fig.update_layout(height=320, margin={"t": 40, "b": 10, "l": 10, "r": 10})
@@ -134,24 +169,38 @@ def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figu
     if not rows:
         return go.Figure()
     if len(rows) > max_points:  # thin out long runs, always keeping the last record
-        keep = np.unique(np.r_[np.linspace(0, len(rows) - 1, max_points).astype(int), len(rows) - 1])
+        keep = np.unique(
+            np.r_[np.linspace(0, len(rows) - 1, max_points).astype(int), len(rows) - 1]
+        )
         rows = [rows[i] for i in keep]
     steps = np.array([r["step"] for r in rows])
     terms = list(dict.fromkeys(t for r in rows for t in r["losses"]))
     terms.sort(key=lambda t: t != "total")
     ncol = 3
-    fig = make_subplots(rows=math.ceil(len(terms) / ncol), cols=ncol, subplot_titles=terms,
-                        vertical_spacing=0.12)
+    fig = make_subplots(
+        rows=math.ceil(len(terms) / ncol), cols=ncol, subplot_titles=terms, vertical_spacing=0.12
+    )
     fusion = [r["step"] for r in records if r.get("phase") == "fusion"]
     for i, term in enumerate(terms):
         row, col = i // ncol + 1, i % ncol + 1
         y = np.array([r["losses"].get(term, np.nan) for r in rows], dtype=float)
-        fig.add_trace(go.Scatter(x=steps, y=y, mode="lines", name=term, showlegend=False,
-                                 line={"color": _PALETTE[i % len(_PALETTE)]}), row=row, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=y,
+                mode="lines",
+                name=term,
+                showlegend=False,
+                line={"color": _PALETTE[i % len(_PALETTE)]},
+            ),
+            row=row,
+            col=col,
+        )
         if fusion:
             fig.add_vline(x=fusion[0], line_dash="dot", line_color="#888", row=row, col=col)
-    fig.update_layout(height=200 * math.ceil(len(terms) / ncol) + 40,
-                      margin={"t": 40, "b": 10, "l": 10, "r": 10})
+    fig.update_layout(
+        height=200 * math.ceil(len(terms) / ncol) + 40, margin={"t": 40, "b": 10, "l": 10, "r": 10}
+    )
     return fig
 
 
@@ -161,8 +210,13 @@ def embeddings(
     """Side-by-side 2-D embeddings (e.g. UMAPs of the stages), coloured by one obs column."""
     names = list(panels)
     nrows = max(1, math.ceil(len(names) / ncols))
-    fig = make_subplots(rows=nrows, cols=min(ncols, max(1, len(names))), subplot_titles=names,
-                        horizontal_spacing=0.03, vertical_spacing=0.08)
+    fig = make_subplots(
+        rows=nrows,
+        cols=min(ncols, max(1, len(names))),
+        subplot_titles=names,
+        horizontal_spacing=0.03,
+        vertical_spacing=0.08,
+    )
     cats = colors.astype("category")
     cmap = _color_map(list(cats.cat.categories))
     codes = cats.to_numpy()
@@ -171,25 +225,51 @@ def embeddings(
         for cat in cats.cat.categories:
             m = codes == cat
             fig.add_trace(
-                go.Scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=str(cat),
-                             legendgroup=str(cat), showlegend=i == 0,
-                             marker={"size": 3, "color": cmap[cat], "opacity": 0.8}),
-                row=i // ncols + 1, col=i % ncols + 1,
+                go.Scattergl(
+                    x=xy[m, 0],
+                    y=xy[m, 1],
+                    mode="markers",
+                    name=str(cat),
+                    legendgroup=str(cat),
+                    showlegend=i == 0,
+                    marker={"size": 3, "color": cmap[cat], "opacity": 0.8},
+                ),
+                row=i // ncols + 1,
+                col=i % ncols + 1,
             )
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
-    fig.update_layout(height=330 * nrows + 40, title=title or None, legend={"itemsizing": "constant"},
-                      margin={"t": 50, "b": 10, "l": 10, "r": 10})
+    fig.update_layout(
+        height=330 * nrows + 40,
+        title=title or None,
+        legend={"itemsizing": "constant"},
+        margin={"t": 50, "b": 10, "l": 10, "r": 10},
+    )
     return fig
 
 
 def metrics_chart(table: pd.DataFrame, *, metrics: Sequence[str] | None = None) -> go.Figure:
     """Grouped bars: one group per metric, one bar per method (rows of ``table``)."""
-    cols = [c for c in (metrics or table.columns) if c in table and pd.api.types.is_numeric_dtype(table[c])]
+    cols = [
+        c
+        for c in (metrics or table.columns)
+        if c in table and pd.api.types.is_numeric_dtype(table[c])
+    ]
     fig = go.Figure()
     for i, (method, row) in enumerate(table[cols].iterrows()):
-        fig.add_trace(go.Bar(x=cols, y=row.to_numpy(dtype=float), name=str(method),
-                             marker_color=_PALETTE[i % len(_PALETTE)]))
-    fig.update_layout(barmode="group", height=380, yaxis_title="score (higher is better)",
-                      margin={"t": 30, "b": 10, "l": 10, "r": 10}, legend={"orientation": "h"})
+        fig.add_trace(
+            go.Bar(
+                x=cols,
+                y=row.to_numpy(dtype=float),
+                name=str(method),
+                marker_color=_PALETTE[i % len(_PALETTE)],
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        height=380,
+        yaxis_title="score (higher is better)",
+        margin={"t": 30, "b": 10, "l": 10, "r": 10},
+        legend={"orientation": "h"},
+    )
     return fig

@@ -99,22 +99,35 @@ def _batch_losses(adata, cell_mask, batch_key, max_mito_pct) -> tuple[np.ndarray
     gone = [str(b) for b, k in zip(names, kept) if k == 0]
     loosen = f"loosen the thresholds (e.g. raise max_mito_pct from {max_mito_pct}) to keep"
     if gone:
-        warnings.warn(f"QC removed every cell of batch(es) {', '.join(map(repr, gone))}; they are "
-                      f"left out of integration: {loosen} them", SchelixWarning, stacklevel=3)
+        warnings.warn(
+            f"QC removed every cell of batch(es) {', '.join(map(repr, gone))}; they are "
+            f"left out of integration: {loosen} them",
+            SchelixWarning,
+            stacklevel=3,
+        )
     if tiny:
-        warnings.warn(f"QC leaves fewer than {MIN_CELLS_PER_BATCH} cells in batch(es) "
-                      f"{', '.join(f'{b!r} ({kept[names == b][0]} of {before[names == b][0]})' for b in tiny)}; "
-                      f"they are left out (too small for batch-aware HVGs): {loosen} them",
-                      SchelixWarning, stacklevel=3)
+        warnings.warn(
+            f"QC leaves fewer than {MIN_CELLS_PER_BATCH} cells in batch(es) "
+            f"{', '.join(f'{b!r} ({kept[names == b][0]} of {before[names == b][0]})' for b in tiny)}; "
+            f"they are left out (too small for batch-aware HVGs): {loosen} them",
+            SchelixWarning,
+            stacklevel=3,
+        )
         cell_mask = cell_mask & ~np.isin(batch, tiny)
     for b, n0, k in zip(names, before, kept):
         if k >= MIN_CELLS_PER_BATCH and k < 0.1 * n0:
-            warnings.warn(f"QC keeps only {k} of {n0} cells of batch '{b}': {loosen} more",
-                          SchelixWarning, stacklevel=3)
+            warnings.warn(
+                f"QC keeps only {k} of {n0} cells of batch '{b}': {loosen} more",
+                SchelixWarning,
+                stacklevel=3,
+            )
     kept = np.array([int(cell_mask[batch == b].sum()) for b in names])
     return cell_mask, {
-        "cells_per_batch": {"batch": [str(b) for b in names], "before": [int(v) for v in before],
-                            "kept": [int(v) for v in kept]},
+        "cells_per_batch": {
+            "batch": [str(b) for b in names],
+            "before": [int(v) for v in before],
+            "kept": [int(v) for v in kept],
+        },
         "removed_batches": gone + tiny,
     }
 
@@ -161,10 +174,15 @@ def filter_qc(
     out = adata[cell_mask, gene_mask].copy()
     rec = _record(out)
     rec.update(
-        min_genes=int(min_genes), min_cells=int(min_cells), max_mito_pct=float(max_mito_pct),
-        cells_before=int(adata.n_obs), cells_kept=n_cells,
-        genes_before=int(adata.n_vars), genes_kept=n_genes,
-        mito_genes=int(adata.var["mt"].sum()), **per_batch,
+        min_genes=int(min_genes),
+        min_cells=int(min_cells),
+        max_mito_pct=float(max_mito_pct),
+        cells_before=int(adata.n_obs),
+        cells_kept=n_cells,
+        genes_before=int(adata.n_vars),
+        genes_kept=n_genes,
+        mito_genes=int(adata.var["mt"].sum()),
+        **per_batch,
     )
     notes = rec.setdefault("notes", [])
     if "counts" not in adata.layers:
@@ -216,9 +234,12 @@ def highly_variable(adata: ad.AnnData, *, batch_key: str, n_top_genes: int = 200
             import skmisc  # noqa: F401  (seurat_v3's loess)
         except ImportError:
             flavor = "seurat"
-            warnings.warn("scikit-misc is not installed: HVGs use flavor 'seurat' on log data "
-                          "instead of 'seurat_v3' on counts (pip install scikit-misc)",
-                          SchelixWarning, stacklevel=2)
+            warnings.warn(
+                "scikit-misc is not installed: HVGs use flavor 'seurat' on log data "
+                "instead of 'seurat_v3' on counts (pip install scikit-misc)",
+                SchelixWarning,
+                stacklevel=2,
+            )
     sizes = adata.obs[batch_key].value_counts()
     small = sizes[(sizes > 0) & (sizes < MIN_CELLS_PER_BATCH)]
     if len(small):
@@ -229,18 +250,25 @@ def highly_variable(adata: ad.AnnData, *, batch_key: str, n_top_genes: int = 200
         )
     if flavor == "seurat_v3":
         try:
-            sc.pp.highly_variable_genes(adata, flavor="seurat_v3", layer="counts",
-                                        batch_key=batch_key, n_top_genes=n)
+            sc.pp.highly_variable_genes(
+                adata, flavor="seurat_v3", layer="counts", batch_key=batch_key, n_top_genes=n
+            )
         except ValueError as e:  # loess fit failure in a degenerate batch
             flavor = "seurat"
-            warnings.warn(f"HVG flavor 'seurat_v3' failed ({e}); using 'seurat' on log data",
-                          SchelixWarning, stacklevel=2)
+            warnings.warn(
+                f"HVG flavor 'seurat_v3' failed ({e}); using 'seurat' on log data",
+                SchelixWarning,
+                stacklevel=2,
+            )
     if flavor == "seurat":
         sc.pp.highly_variable_genes(adata, flavor="seurat", batch_key=batch_key, n_top_genes=n)
     if n < n_top_genes:
         rec.setdefault("notes", []).append(f"n_top_genes capped at the {n} genes available")
-    rec.update(hvg_flavor=flavor, n_top_genes=int(n_top_genes),
-               n_hvg=int(adata.var["highly_variable"].sum()))
+    rec.update(
+        hvg_flavor=flavor,
+        n_top_genes=int(n_top_genes),
+        n_hvg=int(adata.var["highly_variable"].sum()),
+    )
 
 
 def preprocess(
@@ -279,8 +307,13 @@ def preprocess(
         if source != "none":
             out.layers["counts"] = sp.csr_matrix(counts, dtype=np.float32, copy=True)
     qc_metrics(out)  # fresh: columns from an earlier run may be stale
-    out = filter_qc(out, min_genes=min_genes, min_cells=min_cells,
-                    max_mito_pct=max_mito_pct, batch_key=batch_key)
+    out = filter_qc(
+        out,
+        min_genes=min_genes,
+        min_cells=min_cells,
+        max_mito_pct=max_mito_pct,
+        batch_key=batch_key,
+    )
     left = out.obs[batch_key].cat.categories
     if len(left) < 2:
         raise SchelixError(

@@ -42,8 +42,23 @@ STAGES = {
     "Fused": "X_schelix",
 }
 _SNAPSHOT = re.compile(r"^X_schelix_snapshot_(\d+)$")
-_PACKAGES = ("schelix", "anndata", "scanpy", "numpy", "scipy", "pandas", "torch", "scikit-learn",
-             "umap-learn", "scib-metrics", "scvi-tools", "harmonypy", "pot", "plotly", "streamlit")
+_PACKAGES = (
+    "schelix",
+    "anndata",
+    "scanpy",
+    "numpy",
+    "scipy",
+    "pandas",
+    "torch",
+    "scikit-learn",
+    "umap-learn",
+    "scib-metrics",
+    "scvi-tools",
+    "harmonypy",
+    "pot",
+    "plotly",
+    "streamlit",
+)
 
 
 def stage_keys(adata: ad.AnnData) -> dict[str, str]:
@@ -87,14 +102,21 @@ def add_umaps(
             progress(i / max(1, len(keys)), f"UMAP {i + 1} of {len(keys)} ({key})")
         if out not in adata.obsm:
             emb = np.asarray(adata.obsm[key], dtype=np.float32)
-            reducer = umap.UMAP(n_neighbors=min(n_neighbors, adata.n_obs - 1), min_dist=min_dist,
-                                n_epochs=n_epochs, random_state=seed, n_jobs=1)
+            reducer = umap.UMAP(
+                n_neighbors=min(n_neighbors, adata.n_obs - 1),
+                min_dist=min_dist,
+                n_epochs=n_epochs,
+                random_state=seed,
+                n_jobs=1,
+            )
             adata.obsm[out] = reducer.fit_transform(emb).astype(np.float32)
         if key == "X_schelix":
             adata.obsm["X_umap"] = adata.obsm[out]
         done.append(out)
     adata.uns.setdefault("schelix", {})["umap"] = {
-        "n_neighbors": int(n_neighbors), "min_dist": float(min_dist), "n_epochs": int(n_epochs),
+        "n_neighbors": int(n_neighbors),
+        "min_dist": float(min_dist),
+        "n_epochs": int(n_epochs),
         "seed": int(seed),
         "package": "umap-learn",
     }
@@ -104,8 +126,12 @@ def add_umaps(
 def gene_table(adata: ad.AnnData) -> pd.DataFrame:
     """One row per scored gene: stream, z-scores and raw scores (from :mod:`schelix.anchors`)."""
     var = adata.var
-    cols = {"schelix_z_dom": "z_dom", "schelix_z_str": "z_str", "schelix_s_dom": "s_dom",
-            "schelix_s_str": "s_str"}
+    cols = {
+        "schelix_z_dom": "z_dom",
+        "schelix_z_str": "z_str",
+        "schelix_s_dom": "s_dom",
+        "schelix_s_str": "s_str",
+    }
     table = var[[c for c in cols if c in var]].rename(columns=cols)
     table = table[np.isfinite(table["z_dom"]) & np.isfinite(table["z_str"])]
     table.insert(0, "gene", table.index.astype(str))
@@ -196,19 +222,35 @@ def to_matplotlib(fig: Any) -> Any:
             if "lines" in (tr.mode or ""):
                 ax.plot(x, y, lw=1, label=label, color=getattr(tr.line, "color", None))
             else:
-                ax.scatter(x, y, s=3, label=label, color=color, alpha=0.8, linewidths=0,
-                           facecolors="none" if color is None else None,
-                           edgecolors="red" if color is None else None)
+                ax.scatter(
+                    x,
+                    y,
+                    s=3,
+                    label=label,
+                    color=color,
+                    alpha=0.8,
+                    linewidths=0,
+                    facecolors="none" if color is None else None,
+                    edgecolors="red" if color is None else None,
+                )
                 for xi, yi, t in zip(x, y, tr.text or ()) if "text" in (tr.mode or "") else ():
                     ax.annotate(str(t), (xi, yi), fontsize=7)
         elif tr.type == "bar":
-            ax.bar([str(v) for v in tr.x], np.asarray(tr.y, dtype=float), label=label,
-                   color=color, alpha=0.8)
+            ax.bar(
+                [str(v) for v in tr.x],
+                np.asarray(tr.y, dtype=float),
+                label=label,
+                color=color,
+                alpha=0.8,
+            )
             ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         elif tr.type == "violin":
             pos = len(ax.collections)
             ax.violinplot([np.asarray(tr.y, dtype=float)], positions=[pos], showmedians=True)
-            ax.set_xticks([*ax.get_xticks()[:pos], pos], [*[t.get_text() for t in ax.get_xticklabels()][:pos], tr.name])
+            ax.set_xticks(
+                [*ax.get_xticks()[:pos], pos],
+                [*[t.get_text() for t in ax.get_xticklabels()][:pos], tr.name],
+            )
     for shape in fig.layout.shapes or ():
         ax = ax_of.get((_axis_ref(shape.xref, "x"), _axis_ref(shape.yref, "y")))
         if ax is None:
@@ -266,7 +308,11 @@ def _table_to_uns(df: pd.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {"index": np.asarray(df.index.astype(str))}
     for c in df.columns:
         col = df[c]
-        out[str(c)] = col.to_numpy(float) if pd.api.types.is_numeric_dtype(col) else col.astype(str).to_numpy()
+        out[str(c)] = (
+            col.to_numpy(float)
+            if pd.api.types.is_numeric_dtype(col)
+            else col.astype(str).to_numpy()
+        )
     return out
 
 
@@ -304,10 +350,14 @@ def export(
     result = adata.copy()
     if "X_schelix_umap" in result.obsm and "X_umap" not in result.obsm:
         result.obsm["X_umap"] = result.obsm["X_schelix_umap"]
-    result.uns.setdefault("schelix", {})["export"] = _clean({
-        "versions": versions(), "seed": int(seed), "params": dict(params),
-        "metrics": {name: _table_to_uns(df) for name, df in tables.items()},
-    })
+    result.uns.setdefault("schelix", {})["export"] = _clean(
+        {
+            "versions": versions(),
+            "seed": int(seed),
+            "params": dict(params),
+            "metrics": {name: _table_to_uns(df) for name, df in tables.items()},
+        }
+    )
     files["h5ad"] = out / "schelix_integrated.h5ad"
     result.write_h5ad(files["h5ad"], compression="gzip")
     for name, fig in figures.items():

@@ -126,7 +126,9 @@ def mixup_neighbors(pca: np.ndarray, k: int, *, chunk: int = 2048) -> torch.Tens
     return torch.cat(out)
 
 
-def mnn_partners(x_anchor: np.ndarray, batch: np.ndarray, *, k: int = 10, seed: int = 0) -> torch.Tensor:
+def mnn_partners(
+    x_anchor: np.ndarray, batch: np.ndarray, *, k: int = 10, seed: int = 0
+) -> torch.Tensor:
     """Mutual nearest neighbours across batches in the PCA (30 components) of the anchor genes.
 
     Anchors are batch-stable, so a cross-batch MNN pair there is most likely the same cell state
@@ -154,15 +156,21 @@ def mnn_partners(x_anchor: np.ndarray, batch: np.ndarray, *, k: int = 10, seed: 
     from sklearn.neighbors import NearestNeighbors
 
     n = len(x_anchor)
-    z = PCA(max(1, min(30, x_anchor.shape[1] - 1, n - 1)), random_state=seed).fit_transform(x_anchor)
+    z = PCA(max(1, min(30, x_anchor.shape[1] - 1, n - 1)), random_state=seed).fit_transform(
+        x_anchor
+    )
     pairs = []
     codes = np.unique(batch)
     for i, a in enumerate(codes):
         for b in codes[i + 1 :]:
             ia, ib = np.flatnonzero(batch == a), np.flatnonzero(batch == b)
             ka, kb = min(k, len(ib)), min(k, len(ia))
-            nab = NearestNeighbors(n_neighbors=ka).fit(z[ib]).kneighbors(z[ia], return_distance=False)
-            nba = NearestNeighbors(n_neighbors=kb).fit(z[ia]).kneighbors(z[ib], return_distance=False)
+            nab = (
+                NearestNeighbors(n_neighbors=ka).fit(z[ib]).kneighbors(z[ia], return_distance=False)
+            )
+            nba = (
+                NearestNeighbors(n_neighbors=kb).fit(z[ia]).kneighbors(z[ib], return_distance=False)
+            )
             mutual = (nba[nab] == np.arange(len(ia))[:, None, None]).any(axis=2)  # (|ia|, ka)
             r, c = np.nonzero(mutual)
             u, v = ia[r], ib[nab[r, c]]
@@ -197,14 +205,21 @@ def _mix(data: TrainData, idx: torch.Tensor, gen: torch.Generator) -> tuple[torc
 
 @torch.no_grad()
 def embed_all(
-    module: SCHelixModule, data: TrainData, device: str, *, stages: Sequence[str] = STAGES, chunk: int = 8192
+    module: SCHelixModule,
+    data: TrainData,
+    device: str,
+    *,
+    stages: Sequence[str] = STAGES,
+    chunk: int = 8192,
 ) -> dict[str, np.ndarray]:
     """Every stage embedding of all cells, in eval mode."""
     was_training = module.training
     module.eval()
     parts: dict[str, list[np.ndarray]] = {s: [] for s in stages}
     for s in range(0, data.n_cells, chunk):
-        out = module.embed(data.x_variant[s : s + chunk].to(device), data.x_anchor[s : s + chunk].to(device))
+        out = module.embed(
+            data.x_variant[s : s + chunk].to(device), data.x_anchor[s : s + chunk].to(device)
+        )
         for k in stages:
             parts[k].append(out[k].float().cpu().numpy())
     module.train(was_training)
@@ -260,7 +275,9 @@ def fit(
             x_partner = has_partner = None
             if data.partners is not None:
                 pp = data.partners[idx]
-                pp = pp[torch.arange(len(idx)), torch.randint(pp.shape[1], (len(idx),), generator=gen)].long()
+                pp = pp[
+                    torch.arange(len(idx)), torch.randint(pp.shape[1], (len(idx),), generator=gen)
+                ].long()
                 has_partner = pp >= 0
                 x_partner = data.x_variant[pp[has_partner]].to(device)
                 has_partner = has_partner.to(device)
@@ -275,7 +292,9 @@ def fit(
             opt.step()
             state.step += 1
             names = [*terms, "total"]
-            values = torch.stack([*(v.detach() for v in terms.values()), total_loss.detach()]).tolist()
+            values = torch.stack(
+                [*(v.detach() for v in terms.values()), total_loss.detach()]
+            ).tolist()
             losses = dict(zip(names, values))
             elapsed = time.perf_counter() - t0
             eta = elapsed / (state.step - start_step) * (total - state.step)
@@ -283,7 +302,9 @@ def fit(
             record = StepRecord(state.step, total, phase, losses, state.seconds + elapsed, eta)
             state.history.append({"step": state.step, "phase": phase, **losses})
             if not all(math.isfinite(v) for v in values):
-                raise FloatingPointError(f"scHelix loss became non-finite at step {state.step}: {losses}")
+                raise FloatingPointError(
+                    f"scHelix loss became non-finite at step {state.step}: {losses}"
+                )
             for cb in callbacks:
                 cb.on_step(record)
             if state.step % snap_every == 0 or state.step == total:

@@ -36,7 +36,15 @@ from schelix.errors import SchelixError
 if TYPE_CHECKING:
     from schelix.jobs import JobContext
 
-__all__ = ["STEPS", "STEP_LABELS", "Workspace", "list_workspaces", "metrics_task", "train_task", "workspace_root"]
+__all__ = [
+    "STEPS",
+    "STEP_LABELS",
+    "Workspace",
+    "list_workspaces",
+    "metrics_task",
+    "train_task",
+    "workspace_root",
+]
 
 #: The app's steps, in order. Each step's result depends on every step before it.
 STEPS: tuple[str, ...] = ("data", "qc", "anchors", "train", "metrics", "export")
@@ -142,12 +150,19 @@ class Workspace:
         """Record the batch and (optional) cell-type column."""
 
         def fn(state: dict[str, Any]) -> None:
-            state["keys"] = {"batch_key": batch_key, **({"label_key": label_key} if label_key else {})}
+            state["keys"] = {
+                "batch_key": batch_key,
+                **({"label_key": label_key} if label_key else {}),
+            }
 
         self._update(fn)
 
     def mark_done(
-        self, step: str, params: dict[str, Any] | None = None, *, upstream_revs: dict[str, int] | None = None
+        self,
+        step: str,
+        params: dict[str, Any] | None = None,
+        *,
+        upstream_revs: dict[str, int] | None = None,
     ) -> str:
         """Record ``step`` as applied with ``params``; mark every done step after it stale.
 
@@ -272,16 +287,27 @@ def train_task(ctx: JobContext) -> str:
 
     class Progress(Callback):
         def on_step(self, record: Any) -> None:
-            ctx.progress(step=record.step, total_steps=record.total_steps, phase=record.phase,
-                         losses=dict(record.losses), elapsed=record.elapsed, eta=record.eta)
+            ctx.progress(
+                step=record.step,
+                total_steps=record.total_steps,
+                phase=record.phase,
+                losses=dict(record.losses),
+                elapsed=record.elapsed,
+                eta=record.eta,
+            )
 
         def should_stop(self) -> bool:
             return ctx.should_stop()
 
     ctx.set_status(message="training")
     model = pipeline.integrate(
-        adata, batch_key=p["batch_key"], labels_key=p.get("label_key"), seed=int(p.get("seed", 0)),
-        device=device, callbacks=[Progress()], **p.get("overrides", {}),
+        adata,
+        batch_key=p["batch_key"],
+        labels_key=p.get("label_key"),
+        seed=int(p.get("seed", 0)),
+        device=device,
+        callbacks=[Progress()],
+        **p.get("overrides", {}),
     )
     ctx.check_cancel()  # a cancelled run is not kept
     ctx.set_status(device=str(model.device), message="computing UMAPs of every stage")
@@ -299,7 +325,9 @@ def train_task(ctx: JobContext) -> str:
     model.save(str(model_dir))
     ws.save_adata("train", adata)
     status = ws.mark_done("train", p.get("record", {}), upstream_revs=p.get("upstream_revs"))
-    return "Training finished" + (" (with settings that have since changed)" if status == "stale" else "")
+    return "Training finished" + (
+        " (with settings that have since changed)" if status == "stale" else ""
+    )
 
 
 def metrics_task(ctx: JobContext) -> str:
@@ -320,8 +348,16 @@ def metrics_task(ctx: JobContext) -> str:
             ctx.progress(fraction=(i + frac) / (len(methods) + 1), message=f"{label}: {msg}")
 
         progress(0.0, "running")
-        keys.append(run_method(adata, name, batch_key=batch_key, seed=seed,
-                               device=p.get("device", "auto"), progress=progress).obsm_key)
+        keys.append(
+            run_method(
+                adata,
+                name,
+                batch_key=batch_key,
+                seed=seed,
+                device=p.get("device", "auto"),
+                progress=progress,
+            ).obsm_key
+        )
     ctx.progress(fraction=len(methods) / (len(methods) + 1), message="scoring every embedding")
     out = ws.subdir("metrics")
     table = evaluate.evaluate(adata, keys, batch_key=batch_key, label_key=label_key, seed=seed)
@@ -329,8 +365,9 @@ def metrics_task(ctx: JobContext) -> str:
     (out / "scib.csv").unlink(missing_ok=True)
     if label_key:
         ctx.progress(message="scib-metrics benchmark")
-        evaluate.scib_benchmark(adata, keys, batch_key=batch_key, label_key=label_key,
-                                seed=seed).to_csv(out / "scib.csv", index=False)
+        evaluate.scib_benchmark(
+            adata, keys, batch_key=batch_key, label_key=label_key, seed=seed
+        ).to_csv(out / "scib.csv", index=False)
     ctx.check_cancel()
     ctx.progress(message="UMAPs of the peers (batch mixing view)")
     report.add_umaps(adata, keys[1:], seed=seed)

@@ -59,9 +59,14 @@ def test_scores_follow_ground_truth(scored):
     is_anchor = anchors.quadrant(v["schelix_z_dom"], v["schelix_z_str"])
     # anchors are enriched for batch-stable markers, far above chance
     assert stable_marker[is_anchor].mean() > 2 * stable_marker.mean()
-    assert v.loc[v["is_batch_affected"], "schelix_z_dom"].mean() > v.loc[
-        ~v["is_batch_affected"], "schelix_z_dom"].mean() + 1.0
-    assert v.loc[v["is_marker"], "schelix_z_str"].mean() > v.loc[~v["is_marker"], "schelix_z_str"].mean()
+    assert (
+        v.loc[v["is_batch_affected"], "schelix_z_dom"].mean()
+        > v.loc[~v["is_batch_affected"], "schelix_z_dom"].mean() + 1.0
+    )
+    assert (
+        v.loc[v["is_marker"], "schelix_z_str"].mean()
+        > v.loc[~v["is_marker"], "schelix_z_str"].mean()
+    )
 
 
 def test_quadrant_is_the_manual_rule(scored):
@@ -72,8 +77,9 @@ def test_quadrant_is_the_manual_rule(scored):
         manual = np.array([d <= 0 and s >= 0 for d, s in zip(zd, zs)])
     np.testing.assert_array_equal(mask, manual)
     assert not mask[~scored.var["highly_variable"].to_numpy()].any()  # NaN scores never anchor
-    np.testing.assert_array_equal(anchors.quadrant(zd, zs, tau_dom=0.5, tau_str=-0.3),
-                                  (zd <= 0.5) & (zs >= -0.3))
+    np.testing.assert_array_equal(
+        anchors.quadrant(zd, zs, tau_dom=0.5, tau_str=-0.3), (zd <= 0.5) & (zs >= -0.3)
+    )
 
 
 def test_thresholds_move_counts_monotonically(scored):
@@ -195,8 +201,9 @@ def test_demo_split_has_both_sides():
     _prep(adata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat_v3", layer="counts",
-                                    batch_key="tech")
+        sc.pp.highly_variable_genes(
+            adata, n_top_genes=2000, flavor="seurat_v3", layer="counts", batch_key="tech"
+        )
     anchors.score_genes(adata, batch_key="tech")
     stream = anchors.split_anchors(adata)
     counts = stream.value_counts()

@@ -137,7 +137,14 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     _ok(at.button(key="build_export").click().run())
     out = ws.path / "export"
     back = ad.read_h5ad(out / "schelix_integrated.h5ad")
-    for key in ("X_schelix", "X_umap", "X_schelix_variant", "X_schelix_anchor_refined", "X_pca", "X_harmony"):
+    for key in (
+        "X_schelix",
+        "X_umap",
+        "X_schelix_variant",
+        "X_schelix_anchor_refined",
+        "X_pca",
+        "X_harmony",
+    ):
         assert key in back.obsm, key
     assert back.obsm["X_umap"].shape == (back.n_obs, 2)
     stream = back.var["schelix_stream"].astype(str)
@@ -147,8 +154,16 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     assert "scanpy" in exp["versions"] and "torch" in exp["versions"]
     assert set(exp["metrics"]["metrics"]["index"]) == {"scHelix", "Unintegrated (PCA)", "Harmony"}
     assert np.isfinite(exp["metrics"]["metrics"]["Overall"]).all()
-    for name in ("anchor_genes.csv", "variant_genes.csv", "metrics.csv", "scib_metrics.csv", "model.zip",
-                 "figures/anchor_quadrant.png", "figures/loss_curves.svg", "figures/stages_by_batch.html"):
+    for name in (
+        "anchor_genes.csv",
+        "variant_genes.csv",
+        "metrics.csv",
+        "scib_metrics.csv",
+        "model.zip",
+        "figures/anchor_quadrant.png",
+        "figures/loss_curves.svg",
+        "figures/stages_by_batch.html",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert len(at.get("download_button")) >= 10
 
@@ -187,7 +202,11 @@ def _zip_bytes(files: dict[str, bytes]) -> bytes:
         ("broken.h5ad", lambda tmp: b"this is not an hdf5 file", "broken.h5ad"),
         ("broken.h5", lambda tmp: b"\x00" * 64, "broken.h5"),
         ("notes.zip", lambda tmp: _zip_bytes({"notes.txt": b"hello"}), "notes.zip"),
-        ("empty.h5ad", lambda tmp: _h5ad_bytes(datasets.synthetic(50, 30)[:0].copy(), tmp), "0 cells"),
+        (
+            "empty.h5ad",
+            lambda tmp: _h5ad_bytes(datasets.synthetic(50, 30)[:0].copy(), tmp),
+            "0 cells",
+        ),
     ],
 )
 def test_bad_uploads_show_a_message(name: str, make, expected: str, tmp_path: Path) -> None:
@@ -206,7 +225,9 @@ def test_upload_then_one_batch_column_is_refused(tmp_path: Path) -> None:
     adata = datasets.synthetic(n_cells=120, n_genes=60, n_batches=2, seed=3)
     adata.obs["one"] = "only"
     at = _upload_page()
-    at.file_uploader[0].set_value(("mine.h5ad", _h5ad_bytes(adata, tmp_path), "application/octet-stream"))
+    at.file_uploader[0].set_value(
+        ("mine.h5ad", _h5ad_bytes(adata, tmp_path), "application/octet-stream")
+    )
     _ok(at.run())
     assert _metrics(at)["Cells"] == "120" and _metrics(at)["Raw counts"] == "found"
     at.selectbox[0].set_value("one")

@@ -45,10 +45,28 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "SCHELIX_WORKSPACE_ROOT": str(tmp_path_factory.mktemp("workspaces"))}
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -71,7 +89,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def page(server: str) -> Iterator[object]:
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
+            executable_path=CHROMIUM,
+            headless=True,
             args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
         )
         pg = browser.new_page(viewport={"width": 1400, "height": 2200}, accept_downloads=True)
@@ -143,7 +162,8 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     page.wait_for_function(
         f"""() => [...document.querySelectorAll('[data-testid="stMetric"]')]
             .some(m => m.innerText.includes('Anchors') && !m.innerText.includes('{before}'))""",
-        timeout=30_000)
+        timeout=30_000,
+    )
     _settle(page)
     after = _metric(page, "Anchors")
     assert after < before and after + _metric(page, "Variants") == _metric(page, "HVGs scored")

@@ -32,7 +32,11 @@ def test_run_then_evaluate(counts_h5ad, tmp_path, capsys):
     streams = set(back.var["schelix_stream"].astype(str))
     assert {"anchor", "variant"} <= streams <= {"anchor", "variant", "unused"}
     uns = back.uns["schelix"]
-    assert uns["train"]["steps"] == 16 and uns["train"]["seed"] == 3 and uns["train"]["batch_size"] == 64
+    assert (
+        uns["train"]["steps"] == 16
+        and uns["train"]["seed"] == 3
+        and uns["train"]["batch_size"] == 64
+    )
     for step in ("preprocess", "anchor_split", "train", "metrics"):
         assert step in uns, step
     assert (tmp_path / "model" / "model.pt").exists()
@@ -50,7 +54,10 @@ def test_run_then_evaluate(counts_h5ad, tmp_path, capsys):
         (["run", "missing.h5ad", "--batch-key", "batch", "-o", "x.h5ad"], "missing.h5ad"),
         (["run", "{bad}", "--batch-key", "batch", "-o", "x.h5ad"], "Fix:"),
         (["run", "{counts}", "--batch-key", "donor", "-o", "x.h5ad"], "donor"),
-        (["run", "{counts}", "--batch-key", "batch", "-o", "x.h5ad", "--set", "tau_dum=1"], "tau_dum"),
+        (
+            ["run", "{counts}", "--batch-key", "batch", "-o", "x.h5ad", "--set", "tau_dum=1"],
+            "tau_dum",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, message, counts_h5ad, tmp_path, capsys):

@@ -30,13 +30,25 @@ def data() -> ad.AnnData:
 
 @pytest.fixture(scope="module")
 def table(data) -> pd.DataFrame:
-    return compare(data, batch_key="batch", label_key="cell_type",
-                   methods=("pca", "harmony", "scvi"), seeds=(0, 1), device="cpu")
+    return compare(
+        data,
+        batch_key="batch",
+        label_key="cell_type",
+        methods=("pca", "harmony", "scvi"),
+        seeds=(0, 1),
+        device="cpu",
+    )
 
 
 def test_tidy_table_with_failing_peer(data, table):
     assert list(table[["method", "seed"]].itertuples(index=False, name=None)) == [
-        ("pca", 0), ("pca", 1), ("harmony", 0), ("harmony", 1), ("scvi", 0), ("scvi", 1)]
+        ("pca", 0),
+        ("pca", 1),
+        ("harmony", 0),
+        ("harmony", 1),
+        ("scvi", 0),
+        ("scvi", 1),
+    ]
     assert list(table.columns) == [*INFO_COLUMNS, *LABEL_METRICS]
     ok = table[table["method"] != "scvi"]
     assert (ok["status"] == "ok").all() and (ok["error"] == "").all()
@@ -96,14 +108,18 @@ def test_csv_and_label_free(data, tmp_path, monkeypatch):
     assert df["obsm_key"].tolist() == ["X_pca"]  # single seed: the plain key
     assert df[["iLISI", "LabelFree"]].values.tolist() == [[0.25, 0.5]]
     assert "ASW_ct" not in df.columns
-    pd.testing.assert_frame_equal(pd.read_csv(csv, keep_default_na=False), df,
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_csv(csv, keep_default_na=False), df, check_dtype=False)
 
 
 def test_progress_and_cancel(data):
     calls: list[tuple[float, str]] = []
-    compare(data, batch_key="batch", label_key="cell_type", methods=("pca", "scvi"),
-            progress=lambda f, m: calls.append((f, m)))
+    compare(
+        data,
+        batch_key="batch",
+        label_key="cell_type",
+        methods=("pca", "scvi"),
+        progress=lambda f, m: calls.append((f, m)),
+    )
     fractions = [f for f, _ in calls]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("Unintegrated" in m or "PCA" in m for _, m in calls)
@@ -114,8 +130,13 @@ def test_progress_and_cancel(data):
             raise InterruptedError("cancelled by user")
 
     with pytest.raises(InterruptedError):
-        compare(data, batch_key="batch", label_key="cell_type", methods=("pca", "harmony"),
-                progress=stop)
+        compare(
+            data,
+            batch_key="batch",
+            label_key="cell_type",
+            methods=("pca", "harmony"),
+            progress=stop,
+        )
 
 
 def test_bad_input_fails_up_front(data):

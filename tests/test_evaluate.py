@@ -19,7 +19,9 @@ def toy() -> ad.AnnData:
     rng = np.random.default_rng(0)
     labels = np.repeat([f"t{i}" for i in range(N_TYPES)], N_CELLS // N_TYPES)
     batch = rng.choice(["b0", "b1"], N_CELLS)
-    obs = pd.DataFrame({"batch": batch, "cell_type": labels}, index=[f"c{i}" for i in range(N_CELLS)])
+    obs = pd.DataFrame(
+        {"batch": batch, "cell_type": labels}, index=[f"c{i}" for i in range(N_CELLS)]
+    )
     codes = pd.Categorical(labels).codes
     centers = np.eye(N_TYPES, 10, dtype=np.float32) * 20
     perfect = centers[codes] + rng.normal(0, 0.5, (N_CELLS, 10)).astype(np.float32)
@@ -84,7 +86,11 @@ def test_deterministic(toy):
 
 def test_label_mask_and_unlabelled_cells_are_excluded(toy):
     assert ev.label_mask(["a", "unlabelled", np.nan, "Unknown", "b"]).tolist() == [
-        True, False, False, False, True,
+        True,
+        False,
+        False,
+        False,
+        True,
     ]
     a = toy.copy()
     rng = np.random.default_rng(1)

@@ -33,7 +33,11 @@ def _naive_gamma(x, clusters, batches, min_cells, weights):
     s = np.zeros((n_c, n_g))
     for c in range(n_c):
         in_c = clusters == c
-        bs = [b for b in np.unique(batches[in_c]) if (in_c & (batches == b)).sum() >= gate.MIN_BATCH_CELLS]
+        bs = [
+            b
+            for b in np.unique(batches[in_c])
+            if (in_c & (batches == b)).sum() >= gate.MIN_BATCH_CELLS
+        ]
         if in_c.sum() < min_cells or len(bs) < 2:
             continue
         for g in range(n_g):
@@ -41,8 +45,10 @@ def _naive_gamma(x, clusters, batches, min_cells, weights):
             d_mu = np.std([v.mean() for v in vals])
             d_sd = np.std([v.std() for v in vals])
             d_var = np.std([v.var() for v in vals])
-            s[c, g] = max((weights[0] * d_mu + weights[1] * d_sd + weights[2] * d_var)
-                          / (sd_all[g] + 1e-8), 0.0)
+            s[c, g] = max(
+                (weights[0] * d_mu + weights[1] * d_sd + weights[2] * d_var) / (sd_all[g] + 1e-8),
+                0.0,
+            )
     return s / (s.max(axis=1, keepdims=True) + 1e-8)
 
 
@@ -55,7 +61,9 @@ def test_cluster_gamma_matches_loop_reference():
     clusters[:15] = 5  # cluster 5 grows; cluster 4 shrinks below min_cells
     clusters[(clusters == 4)] = np.where(rng.random((clusters == 4).sum()) < 0.8, 3, 4)
     weights = (0.5, 0.3, 0.2)
-    got, gated = gate.cluster_gamma(sp.csr_matrix(x), clusters, batches, min_cells=20, weights=weights)
+    got, gated = gate.cluster_gamma(
+        sp.csr_matrix(x), clusters, batches, min_cells=20, weights=weights
+    )
     want = _naive_gamma(x, clusters, batches, 20, weights)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert not gated[0] and (got[0] == 0).all()
@@ -117,8 +125,9 @@ def test_apply(fitted):
     np.testing.assert_allclose(full, dense * (1 - g.gamma()), rtol=1e-6)
     assert (np.abs(g.apply(dense, strength=0.5)) <= np.abs(dense) + 1e-6).all()
     idx = np.arange(10, 60)
-    np.testing.assert_allclose(g.apply(dense[idx], strength=0.5, idx=idx),
-                               g.apply(dense, strength=0.5)[idx], rtol=1e-6)
+    np.testing.assert_allclose(
+        g.apply(dense[idx], strength=0.5, idx=idx), g.apply(dense, strength=0.5)[idx], rtol=1e-6
+    )
     with pytest.raises(SchelixError, match="shape"):  # the gate never sees anchors
         g.apply(adata[:, adata.var["schelix_stream"] != "unused"].X, strength=0.5)
     with pytest.raises(SchelixError, match="outside"):
@@ -132,7 +141,10 @@ def test_h5ad_roundtrip(fitted, tmp_path):
     back = ad.read_h5ad(path)
     g2 = gate.VariantGate.from_adata(back)
     np.testing.assert_array_equal(g2.gamma(), g.gamma())
-    assert back.uns["schelix"]["anchor_split"]["n_anchor"] == adata.uns["schelix"]["anchor_split"]["n_anchor"]
+    assert (
+        back.uns["schelix"]["anchor_split"]["n_anchor"]
+        == adata.uns["schelix"]["anchor_split"]["n_anchor"]
+    )
     assert back.uns["schelix"]["anchor_scores"]["batch_key"] == "batch"
 
 

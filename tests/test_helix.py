@@ -36,7 +36,9 @@ def test_cpu_training_is_repeatable_and_records_every_term(adata_split):
     a = _model(adata_split.copy()).train(max_steps=24, seed=5)
     b = _model(adata_split.copy()).train(max_steps=24, seed=5)
     c = _model(adata_split.copy()).train(max_steps=24, seed=6)
-    np.testing.assert_allclose(a.get_latent_representation(), b.get_latent_representation(), atol=1e-5)
+    np.testing.assert_allclose(
+        a.get_latent_representation(), b.get_latent_representation(), atol=1e-5
+    )
     assert not np.allclose(a.get_latent_representation(), c.get_latent_representation(), atol=1e-3)
     hist = a.history
     assert list(hist["step"]) == list(range(1, 25))
@@ -84,10 +86,14 @@ def test_stages_and_save_load_resume(adata_split, tmp_path):
     model.save(tmp_path / "m")
     loaded = SCHelix.load(tmp_path / "m", adata_split)
     np.testing.assert_allclose(loaded.get_latent_representation(), lat["fused"], atol=1e-5)
-    assert loaded._data.partners is None and loaded._data.neighbors is None  # embedding needs neither
+    assert (
+        loaded._data.partners is None and loaded._data.neighbors is None
+    )  # embedding needs neither
     loaded.train(max_steps=30)  # resume: continues the step count and the history
     assert loaded.state.step == 30 and len(loaded.history) == 30
-    assert loaded.history["mnn_variant"].notna().all()  # resumed steps have their MNN partners again
+    assert (
+        loaded.history["mnn_variant"].notna().all()
+    )  # resumed steps have their MNN partners again
     with pytest.raises(SchelixError, match="No saved scHelix model"):
         SCHelix.load(tmp_path / "nothing", adata_split)
 

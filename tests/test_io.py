@@ -34,12 +34,14 @@ def _write_mtx(adata: ad.AnnData, folder: Path, *, gz: bool = True, legacy: bool
     """Write a 10x mtx folder: matrix.mtx (genes x cells), features/genes.tsv, barcodes.tsv."""
     folder.mkdir(parents=True, exist_ok=True)
     scipy.io.mmwrite(folder / "matrix.mtx", sp.coo_matrix(adata.X.T).astype(np.int64))
-    genes = pd.DataFrame({"id": [f"ENSG{i:05d}" for i in range(adata.n_vars)],
-                          "name": adata.var_names})
+    genes = pd.DataFrame(
+        {"id": [f"ENSG{i:05d}" for i in range(adata.n_vars)], "name": adata.var_names}
+    )
     if not legacy:
         genes["type"] = "Gene Expression"
-    genes.to_csv(folder / ("genes.tsv" if legacy else "features.tsv"), sep="\t",
-                 header=False, index=False)
+    genes.to_csv(
+        folder / ("genes.tsv" if legacy else "features.tsv"), sep="\t", header=False, index=False
+    )
     pd.Series(adata.obs_names).to_csv(folder / "barcodes.tsv", header=False, index=False)
     if gz:
         for f in list(folder.iterdir()):
@@ -232,8 +234,9 @@ def test_label_missing_is_a_note(small):
     assert notes[0] in a.uns["schelix"]["input"]["notes"]
 
 
-@pytest.mark.parametrize(("value", "match"), [(np.nan, "NaN/Inf"), (np.inf, "NaN/Inf"),
-                                              (-1.0, "negative")])
+@pytest.mark.parametrize(
+    ("value", "match"), [(np.nan, "NaN/Inf"), (np.inf, "NaN/Inf"), (-1.0, "negative")]
+)
 def test_bad_values(small, tmp_path, value, match):
     a = small.copy()
     del a.layers["counts"]

@@ -89,7 +89,9 @@ def test_a_job_that_ignores_cancel_is_killed(tmp_path: Path, on_path: None, monk
     time.sleep(0.5)
     assert job.wait(timeout=30)["status"] == "cancelled"
     pid = job.status()["pid"]
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert (
+        not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    )
 
 
 def test_a_crashed_process_is_reported_as_failed(tmp_path: Path, on_path: None) -> None:
@@ -108,7 +110,9 @@ def test_a_schelix_error_becomes_the_message(tmp_path: Path, on_path: None) -> N
 
 def test_workspace_marks_later_steps_stale(tmp_path: Path) -> None:
     ws = Workspace.create(root=tmp_path, name="t")
-    assert ws.statuses() == dict.fromkeys(("data", "qc", "anchors", "train", "metrics", "export"), "todo")
+    assert ws.statuses() == dict.fromkeys(
+        ("data", "qc", "anchors", "train", "metrics", "export"), "todo"
+    )
     assert ws.ready("qc") == "data"
     for step in ("data", "qc", "anchors", "train"):
         ws.mark_done(step, {"x": 1})

@@ -41,8 +41,14 @@ def test_integrates_better_than_pca(adata):
     a = adata.copy()
     calls = []
     run_method(a, "pca", batch_key="batch", seed=0)
-    res = run_method(a, "scbiot", batch_key="batch", seed=0, device="cpu",
-                     progress=lambda f, m: calls.append((f, m)))
+    res = run_method(
+        a,
+        "scbiot",
+        batch_key="batch",
+        seed=0,
+        device="cpu",
+        progress=lambda f, m: calls.append((f, m)),
+    )
     emb = a.obsm["X_scbiot"]
     assert res.obsm_key == "X_scbiot" and emb.shape == a.obsm["X_pca"].shape
     assert np.isfinite(emb).all()
@@ -90,8 +96,16 @@ def test_cap_moves():
 def test_step_cap_holds(adata, x0):
     """Without PostScale, consecutive iterates differ by the capped moves only."""
     kappa = 0.15
-    res = refine(x0, adata.obs["batch"].to_numpy(), seed=0, max_iter=4, patience=4,
-                 max_step_local=kappa, post_scale=False, keep_iterates=True)
+    res = refine(
+        x0,
+        adata.obs["batch"].to_numpy(),
+        seed=0,
+        max_iter=4,
+        patience=4,
+        max_step_local=kappa,
+        post_scale=False,
+        keep_iterates=True,
+    )
     dist0, _ = NearestNeighbors(n_neighbors=15).fit(x0).kneighbors()
     limit = kappa * dist0.mean(1)
     prev = x0
@@ -104,8 +118,9 @@ def test_step_cap_holds(adata, x0):
 
 
 def test_best_iterate_is_selected(adata, x0):
-    res = refine(x0, adata.obs["batch"].to_numpy(), seed=0, max_iter=8, patience=8,
-                 keep_iterates=True)
+    res = refine(
+        x0, adata.obs["batch"].to_numpy(), seed=0, max_iter=8, patience=8, keep_iterates=True
+    )
     h = res.history
     assert len(res.iterates) == len(h) == 8
     best = int(np.argmax(h["objective"].to_numpy()))
@@ -117,8 +132,14 @@ def test_best_iterate_is_selected(adata, x0):
     floor = o.overlap_floor[0] + t * (o.overlap_floor[1] - o.overlap_floor[0])
     ovl = h["overlap"].to_numpy()
     star = np.concatenate([[ovl[0]], np.maximum.accumulate(ovl)[:-1]])
-    j = (h["mix"] - h["mix0"] + o.w_overlap * ovl - o.w_strain * h["strain"]
-         - o.penalty_gamma * np.maximum(0, floor - ovl) ** 2 - 0.45 * np.maximum(0, star - ovl))
+    j = (
+        h["mix"]
+        - h["mix0"]
+        + o.w_overlap * ovl
+        - o.w_strain * h["strain"]
+        - o.penalty_gamma * np.maximum(0, floor - ovl) ** 2
+        - 0.45 * np.maximum(0, star - ovl)
+    )
     np.testing.assert_allclose(h["objective"], j, atol=1e-9)
 
 
@@ -140,8 +161,7 @@ def test_unbalanced_sinkhorn_pot_and_torch_agree():
     cost = _cost(12, 17)
     reg, reg_m = 0.028, 0.40
     pot = unbalanced_sinkhorn(cost, reg=reg, reg_m=reg_m, backend="pot", n_iter=20000, tol=1e-10)
-    tch = unbalanced_sinkhorn(cost, reg=reg, reg_m=reg_m, backend="torch", n_iter=20000,
-                              tol=1e-10)
+    tch = unbalanced_sinkhorn(cost, reg=reg, reg_m=reg_m, backend="torch", n_iter=20000, tol=1e-10)
     np.testing.assert_allclose(pot, tch, rtol=1e-4, atol=1e-9 * tch.max())
     # optimality of Eq. 3 with KL(T || 1): eps log T = f + g - C, f = -reg_m log(T1 / a)
     f = -reg_m * np.log(tch.sum(1) * cost.shape[0])
@@ -195,5 +215,7 @@ def test_cuda_path_integrates(adata, x0):
     cost = _cost(40, 50)
     np.testing.assert_allclose(
         unbalanced_sinkhorn(cost, backend="torch", device="cuda"),
-        unbalanced_sinkhorn(cost, backend="pot"), rtol=1e-3, atol=1e-6,
+        unbalanced_sinkhorn(cost, backend="pot"),
+        rtol=1e-3,
+        atol=1e-6,
     )

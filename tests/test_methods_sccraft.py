@@ -22,8 +22,9 @@ def _preprocessed(n_cells: int = 600, n_genes: int = 300, seed: int = 0):
     adata = synthetic(n_cells, n_genes, seed=seed)  # counts in X and layers["counts"]
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
-    sc.pp.highly_variable_genes(adata, n_top_genes=200, flavor="seurat_v3", layer="counts",
-                                batch_key="batch")
+    sc.pp.highly_variable_genes(
+        adata, n_top_genes=200, flavor="seurat_v3", layer="counts", batch_key="batch"
+    )
     return adata
 
 
@@ -70,16 +71,26 @@ def _asw(adata, emb):
 
     labels = adata.obs["cell_type"].to_numpy()
     batch = adata.obs["batch"].to_numpy()
-    return (float(scib_metrics.silhouette_batch(emb, labels, batch)),
-            float(scib_metrics.silhouette_label(emb, labels)))
+    return (
+        float(scib_metrics.silhouette_batch(emb, labels, batch)),
+        float(scib_metrics.silhouette_label(emb, labels)),
+    )
 
 
 def test_sccraft_mixes_batches_better_than_pca_and_keeps_labels(adata):
     progress = []
     ad = adata.copy()
-    res = run_method(ad, "sccraft", batch_key="batch", seed=0, device="cpu",
-                     progress=lambda f, m: progress.append((f, m)),
-                     epochs=12, warmup_epochs=4, **SMALL)
+    res = run_method(
+        ad,
+        "sccraft",
+        batch_key="batch",
+        seed=0,
+        device="cpu",
+        progress=lambda f, m: progress.append((f, m)),
+        epochs=12,
+        warmup_epochs=4,
+        **SMALL,
+    )
     emb = ad.obsm["X_sccraft"]
     assert emb.shape == (ad.n_obs, 16) and np.isfinite(emb).all()
     assert res.seconds > 0 and ad.uns["schelix"]["methods"]["sccraft"]["obsm_key"] == "X_sccraft"

@@ -37,8 +37,19 @@ def test_connection_update_keeps_total_and_limits():
     mse = torch.arange(G, dtype=torch.float32)  # gene 0 best reconstructed, gene 199 worst
     before = mask.clone()
     for _ in range(30):
-        _update_connections(mask, w, mse, n_min=n_min, n_max=n_max, n_al=12, n_pl=16, n_pw=4,
-                            q_w=0.001, v_w=1e-5, gen=gen)
+        _update_connections(
+            mask,
+            w,
+            mse,
+            n_min=n_min,
+            n_max=n_max,
+            n_al=12,
+            n_pl=16,
+            n_pw=4,
+            q_w=0.001,
+            v_w=1e-5,
+            gen=gen,
+        )
     n = mask.sum(1)
     assert int(mask.sum()) == int(before.sum())  # random adjustment refills what was removed
     assert int(n.min()) >= n_min and int(n.max()) <= n_max
@@ -66,8 +77,16 @@ def test_scvae_mixes_batches_better_than_pca_and_scores_markers(adata):
     import scib_metrics
 
     progress = []
-    res = fit_scvae(adata, batch_key="batch", seed=0, device="cpu", epochs=60, batch_size=64, n_hidden=128,
-                    progress=lambda f, m: progress.append(f))
+    res = fit_scvae(
+        adata,
+        batch_key="batch",
+        seed=0,
+        device="cpu",
+        epochs=60,
+        batch_size=64,
+        n_hidden=128,
+        progress=lambda f, m: progress.append(f),
+    )
     emb = res.embedding
     assert emb.shape == (adata.n_obs, 10) and np.isfinite(emb).all()
     assert len(progress) == 60 and progress[-1] == pytest.approx(1.0)
@@ -82,5 +101,7 @@ def test_scvae_mixes_batches_better_than_pca_and_scores_markers(adata):
     assert asw_l > 0.6, asw_l
     # the connections kept per gene favour the cell-type markers (paper §3.2)
     s = res.scscore
-    assert s[adata.var["is_marker"].to_numpy()].mean() > s[~adata.var["is_marker"].to_numpy()].mean()
+    assert (
+        s[adata.var["is_marker"].to_numpy()].mean() > s[~adata.var["is_marker"].to_numpy()].mean()
+    )
     assert s.between(0, 1).all()

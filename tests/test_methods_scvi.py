@@ -41,8 +41,9 @@ def _preprocessed(n_cells: int, n_genes: int, seed: int) -> ad.AnnData:
     a = synthetic(n_cells=n_cells, n_genes=n_genes, seed=seed)
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
-    sc.pp.highly_variable_genes(a, n_top_genes=200, flavor="seurat_v3", layer="counts",
-                                batch_key="batch")
+    sc.pp.highly_variable_genes(
+        a, n_top_genes=200, flavor="seurat_v3", layer="counts", batch_key="batch"
+    )
     return a
 
 
@@ -86,8 +87,15 @@ def test_integrates_better_than_pca(data, pca_score, name, params):
     x_before = data.X.copy()
     calls: list[tuple[float, str]] = []
     torch.set_num_threads(1)  # the fixtures' scanpy calls may have reset it
-    res = run_method(data, name, batch_key="batch", seed=0, device="cpu",
-                     progress=lambda f, m: calls.append((f, m)), **params)
+    res = run_method(
+        data,
+        name,
+        batch_key="batch",
+        seed=0,
+        device="cpu",
+        progress=lambda f, m: calls.append((f, m)),
+        **params,
+    )
     emb = data.obsm[res.obsm_key]
     assert emb.shape == (data.n_obs, 10) and np.isfinite(emb).all()
     # input untouched (the model trained on its own HVG copy)
@@ -125,8 +133,9 @@ def test_cancel_from_progress_propagates(data, name):
         raise Cancel("user pressed stop")
 
     with pytest.raises(Cancel, match="user pressed stop"):
-        get_method(name).fn(data[:200].copy(), batch_key="batch", device="cpu",
-                            progress=progress, max_epochs=40)
+        get_method(name).fn(
+            data[:200].copy(), batch_key="batch", device="cpu", progress=progress, max_epochs=40
+        )
     assert len(calls) == 1  # nothing reported after the cancel
 
 
@@ -139,9 +148,13 @@ def test_progress_callback_stops_trainer():
             raise KeyError("stop")
 
     cb = ScviProgress(progress, "scVI", interval=0.0)
-    trainer = SimpleNamespace(current_epoch=0, max_epochs=4, num_training_batches=2,
-                              callback_metrics={"train_loss_epoch": torch.tensor(12.5)},
-                              should_stop=False)
+    trainer = SimpleNamespace(
+        current_epoch=0,
+        max_epochs=4,
+        num_training_batches=2,
+        callback_metrics={"train_loss_epoch": torch.tensor(12.5)},
+        should_stop=False,
+    )
     cb.on_epoch(trainer)
     assert seen == [(0.25, "scVI: epoch 1/4, loss 12.5")] and not trainer.should_stop
     cb.raise_if_cancelled()  # nothing to raise yet
@@ -194,6 +207,7 @@ def test_trainer_device():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ["scvi", "sysvi"])
 def test_runs_on_gpu(data, name):
-    res = run_method(data, name, batch_key="batch", device="cuda", key_added=f"X_{name}_gpu",
-                     max_epochs=2)
+    res = run_method(
+        data, name, batch_key="batch", device="cuda", key_added=f"X_{name}_gpu", max_epochs=2
+    )
     assert np.isfinite(data.obsm[res.obsm_key]).all()

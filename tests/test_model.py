@@ -36,7 +36,9 @@ def test_graph_gradient_only_on_rebuild_steps():
     for _ in range(4):
         enc.zero_grad()
         enc(x).sum().backward()
-        grads.append(enc.graph.query.grad is not None and enc.graph.query.grad.abs().sum().item() > 0)
+        grads.append(
+            enc.graph.query.grad is not None and enc.graph.query.grad.abs().sum().item() > 0
+        )
     assert grads == [True, False, False, True]
 
 

@@ -126,8 +126,10 @@ def test_preprocess_pipeline_and_serialisable(base, tmp_path):
     assert rec["batch_key"] == "batch" and rec["normalized"] and rec["counts_found"]
     out.write_h5ad(tmp_path / "pp.h5ad")  # every recorded value is h5ad-serialisable
     back = ad.read_h5ad(tmp_path / "pp.h5ad")
-    assert list(back.uns["schelix"]["preprocess"]["cells_per_batch"]["kept"]) == \
-        rec["cells_per_batch"]["kept"]
+    assert (
+        list(back.uns["schelix"]["preprocess"]["cells_per_batch"]["kept"])
+        == rec["cells_per_batch"]["kept"]
+    )
 
 
 def test_preprocess_on_lognormalized_only(base):

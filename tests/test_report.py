@@ -20,7 +20,9 @@ def integrated() -> ad.AnnData:
     hvg = np.arange(adata.n_vars) >= 10
     for col in ("schelix_z_dom", "schelix_z_str", "schelix_s_dom", "schelix_s_str"):
         adata.var[col] = np.where(hvg, rng.normal(size=adata.n_vars), np.nan)
-    stream = np.where(~hvg, "unused", np.where(adata.var["schelix_z_dom"] <= 0, "anchor", "variant"))
+    stream = np.where(
+        ~hvg, "unused", np.where(adata.var["schelix_z_dom"] <= 0, "anchor", "variant")
+    )
     adata.var["schelix_stream"] = pd.Categorical(stream, categories=["anchor", "variant", "unused"])
     for key in [*report.STAGES.values(), "X_schelix_snapshot_10", "X_schelix_snapshot_20", "X_pca"]:
         adata.obsm[key] = rng.normal(size=(adata.n_obs, 8)).astype(np.float32)
@@ -30,7 +32,10 @@ def integrated() -> ad.AnnData:
 
 def test_stage_and_snapshot_keys(integrated: ad.AnnData) -> None:
     assert list(report.stage_keys(integrated)) == list(report.STAGES)
-    assert report.snapshot_keys(integrated) == {10: "X_schelix_snapshot_10", 20: "X_schelix_snapshot_20"}
+    assert report.snapshot_keys(integrated) == {
+        10: "X_schelix_snapshot_10",
+        20: "X_schelix_snapshot_20",
+    }
     assert report.method_label("X_schelix") == "scHelix"
     assert report.method_label("X_pca") == "Unintegrated (PCA)"
 
@@ -44,14 +49,31 @@ def test_gene_table_has_only_scored_genes(integrated: ad.AnnData) -> None:
 def _figures(adata: ad.AnnData) -> dict:
     table = report.gene_table(adata)
     mask = (table["stream"] == "anchor").to_numpy()
-    obs = pd.DataFrame({"batch": adata.obs["batch"], "n_genes_by_counts": np.arange(adata.n_obs),
-                        "total_counts": np.arange(adata.n_obs) * 3.0, "pct_counts_mt": np.ones(adata.n_obs)})
-    records = [{"step": i, "total_steps": 20, "phase": "warmup" if i < 10 else "fusion",
-                "losses": {"total": 1 / (i + 1), "align": 0.5}} for i in range(20)]
-    metrics = pd.DataFrame({"ASW_ct": [0.6, 0.5], "Overall": [0.7, 0.6]}, index=["scHelix", "Harmony"])
+    obs = pd.DataFrame(
+        {
+            "batch": adata.obs["batch"],
+            "n_genes_by_counts": np.arange(adata.n_obs),
+            "total_counts": np.arange(adata.n_obs) * 3.0,
+            "pct_counts_mt": np.ones(adata.n_obs),
+        }
+    )
+    records = [
+        {
+            "step": i,
+            "total_steps": 20,
+            "phase": "warmup" if i < 10 else "fusion",
+            "losses": {"total": 1 / (i + 1), "align": 0.5},
+        }
+        for i in range(20)
+    ]
+    metrics = pd.DataFrame(
+        {"ASW_ct": [0.6, 0.5], "Overall": [0.7, 0.6]}, index=["scHelix", "Harmony"]
+    )
     stages = {k: adata.obsm[report.umap_key(v)] for k, v in report.STAGES.items()}
     return {
-        "quadrant": plots.quadrant(table, mask, tau_dom=0.0, tau_str=0.0, highlight=[table["gene"][0]]),
+        "quadrant": plots.quadrant(
+            table, mask, tau_dom=0.0, tau_str=0.0, highlight=[table["gene"][0]]
+        ),
         "qc": plots.qc_violins(obs, batch_key="batch", thresholds={"n_genes_by_counts": 20}),
         "losses": plots.loss_curves(records),
         "stages": plots.embeddings(stages, adata.obs["cell_type"].astype(str)),
@@ -70,21 +92,34 @@ def test_figures_show_the_data(integrated: ad.AnnData) -> None:
     assert len(figs["stages"].data) == 5 * integrated.obs["cell_type"].nunique()
 
 
-def test_export_writes_a_reopenable_h5ad_and_every_file(integrated: ad.AnnData, tmp_path: Path) -> None:
+def test_export_writes_a_reopenable_h5ad_and_every_file(
+    integrated: ad.AnnData, tmp_path: Path
+) -> None:
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    metrics = pd.DataFrame({"ASW_ct": [0.6, 0.5], "mode": ["labels", "labels"]}, index=["scHelix", "PCA"])
+    metrics = pd.DataFrame(
+        {"ASW_ct": [0.6, 0.5], "mode": ["labels", "labels"]}, index=["scHelix", "PCA"]
+    )
     files = report.export(
-        integrated, tmp_path / "out", figures=_figures(integrated), tables={"metrics": metrics},
-        params={"qc": {"min_genes": 200, "skip": None}, "train": {"steps": 30}}, seed=7, model_dir=model,
+        integrated,
+        tmp_path / "out",
+        figures=_figures(integrated),
+        tables={"metrics": metrics},
+        params={"qc": {"min_genes": 200, "skip": None}, "train": {"steps": 30}},
+        seed=7,
+        model_dir=model,
     )
     back = ad.read_h5ad(files["h5ad"])
     assert np.allclose(back.obsm["X_umap"], integrated.obsm["X_schelix_umap"])
     assert "X_schelix" in back.obsm and "X_schelix_anchor_refined" in back.obsm
     assert list(back.var["schelix_stream"].cat.categories) == ["anchor", "variant", "unused"]
     exp = back.uns["schelix"]["export"]
-    assert exp["seed"] == 7 and exp["params"]["qc"]["min_genes"] == 200 and "skip" not in exp["params"]["qc"]
+    assert (
+        exp["seed"] == 7
+        and exp["params"]["qc"]["min_genes"] == 200
+        and "skip" not in exp["params"]["qc"]
+    )
     assert exp["versions"]["anndata"] == ad.__version__
     assert list(exp["metrics"]["metrics"]["index"]) == ["scHelix", "PCA"]
     anchors_csv = pd.read_csv(files["anchor_genes"])

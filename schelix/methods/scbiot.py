@@ -86,8 +86,14 @@ class ScbiotResult:
 
 
 def unbalanced_sinkhorn(
-    cost: np.ndarray, *, reg: float = 0.028, reg_m: float = 0.40, backend: str = "pot",
-    device: str = "cpu", n_iter: int = 2000, tol: float = 1e-6,
+    cost: np.ndarray,
+    *,
+    reg: float = 0.028,
+    reg_m: float = 0.40,
+    backend: str = "pot",
+    device: str = "cpu",
+    n_iter: int = 2000,
+    tol: float = 1e-6,
 ) -> np.ndarray:
     """Entropic unbalanced OT plan (Eqs. 3-4) between uniform masses; ``KL(T || 1)`` entropy.
 
@@ -104,8 +110,15 @@ def unbalanced_sinkhorn(
         with warnings.catch_warnings():  # "c is overwritten by the one matrix" note
             warnings.simplefilter("ignore")
             plan = ot.unbalanced.sinkhorn_unbalanced(
-                np.full(p, 1 / p), np.full(q, 1 / q), cost, reg, reg_m,
-                method="sinkhorn", reg_type="entropy", numItermax=n_iter, stopThr=tol,
+                np.full(p, 1 / p),
+                np.full(q, 1 / q),
+                cost,
+                reg,
+                reg_m,
+                method="sinkhorn",
+                reg_type="entropy",
+                numItermax=n_iter,
+                stopThr=tol,
             )
         return np.asarray(plan)
     import torch
@@ -175,8 +188,9 @@ def _prototypes(x, w, n_proto, state, key, seed):
         wsum = np.asarray(member.sum(1)).ravel()
         if (wsum > 0).all():
             init = (member @ x) / wsum[:, None]
-    km = MiniBatchKMeans(n_proto, init=init, n_init=1, max_iter=3, batch_size=2048,
-                         random_state=seed).fit(x, sample_weight=w)
+    km = MiniBatchKMeans(
+        n_proto, init=init, n_init=1, max_iter=3, batch_size=2048, random_state=seed
+    ).fit(x, sample_weight=w)
     state[key] = km.labels_
     return km.cluster_centers_, km.labels_
 
@@ -191,22 +205,35 @@ def _entropy(idx: np.ndarray, codes: np.ndarray, n_batches: int) -> np.ndarray:
 def _ot_shift(x, codes, groups, ref_mask, w, beta, state, q_clip, opt, seed, backend, device):
     """Eqs. 2-7: prototype OT from each batch to the reference, barycentric cell shifts."""
     cpp = opt.cells_per_prototype
-    ref, _ = _prototypes(x[ref_mask], w[ref_mask], min(opt.max_ref_prototypes,
-                         math.ceil(ref_mask.sum() / cpp)), state, "ref", seed)
+    ref, _ = _prototypes(
+        x[ref_mask],
+        w[ref_mask],
+        min(opt.max_ref_prototypes, math.ceil(ref_mask.sum() / cpp)),
+        state,
+        "ref",
+        seed,
+    )
     delta_cell = np.zeros_like(x)  # the reference batch (mode "largest") does not move
     for b in groups:
         m = codes == b
         if m.sum() < 2:
             continue
-        cen, lab = _prototypes(x[m], w[m], max(2, min(opt.max_batch_prototypes,
-                               math.ceil(m.sum() / cpp))), state, b, seed)
+        cen, lab = _prototypes(
+            x[m],
+            w[m],
+            max(2, min(opt.max_batch_prototypes, math.ceil(m.sum() / cpp))),
+            state,
+            b,
+            seed,
+        )
         cost = _sqdist(cen, ref)
         cost = cost / max(cost.std(), 1e-12)
         cost = np.minimum(cost, np.quantile(cost, q_clip))
         # a constant cost offset only rescales the plan (equal tau on both sides), so the
         # barycentres are unchanged; subtracting the minimum keeps the scaling well conditioned
-        plan = unbalanced_sinkhorn(cost - cost.min(), reg=opt.reg, reg_m=opt.reg_m,
-                                   backend=backend, device=device)
+        plan = unbalanced_sinkhorn(
+            cost - cost.min(), reg=opt.reg, reg_m=opt.reg_m, backend=backend, device=device
+        )
         mass = plan.sum(1)
         ok = mass > 1e-300
         bary = cen.copy()
@@ -234,6 +261,7 @@ def _sharpen(x, w, state, opt, seed):
 def _edge_guard(x, move, src, dst, d0, smin, smax, rounds=6):
     """Eq. 15: halve (finally zero) the whole move of cells whose X0-edges newly leave
     ``[smin_i, smax_i]`` (edges already outside stay allowed, but may not get worse)."""
+
     def violation(f):
         y = x + f[:, None] * move
         r = np.linalg.norm(y[src] - y[dst], axis=1) / d0
@@ -252,9 +280,15 @@ def _edge_guard(x, move, src, dst, d0, smin, smax, rounds=6):
 
 
 def refine(
-    x0: np.ndarray, batches: Any, *, seed: int = 0, device: str = "cpu",
-    progress: ProgressCallback | None = None, keep_iterates: bool = False,
-    options: ScbiotOptions | None = None, **overrides: Any,
+    x0: np.ndarray,
+    batches: Any,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: ProgressCallback | None = None,
+    keep_iterates: bool = False,
+    options: ScbiotOptions | None = None,
+    **overrides: Any,
 ) -> ScbiotResult:
     """Refine the embedding ``x0`` (cells x dims) across ``batches`` (one label per cell).
 
@@ -266,19 +300,27 @@ def refine(
     """
     names = {f.name for f in fields(ScbiotOptions)}
     if set(overrides) - names:
-        raise SchelixError(f"Unknown scBIOT option(s): {', '.join(sorted(set(overrides) - names))}",
-                           f"choose from: {', '.join(sorted(names))}")
+        raise SchelixError(
+            f"Unknown scBIOT option(s): {', '.join(sorted(set(overrides) - names))}",
+            f"choose from: {', '.join(sorted(names))}",
+        )
     opt = replace(options or ScbiotOptions(), **overrides)
     x0 = np.ascontiguousarray(x0, dtype=np.float32)
     codes, cats = pd.factorize(np.asarray(batches), sort=True)
     if len(codes) != len(x0) or (codes < 0).any():
-        raise SchelixError(f"{len(codes)} batch labels ({int((codes < 0).sum())} missing) for "
-                           f"{len(x0)} cells", "pass exactly one non-missing batch label per cell")
+        raise SchelixError(
+            f"{len(codes)} batch labels ({int((codes < 0).sum())} missing) for {len(x0)} cells",
+            "pass exactly one non-missing batch label per cell",
+        )
     if len(cats) < 2 or len(x0) < 4:
-        raise SchelixError(f"scBIOT needs >= 2 batches and >= 4 cells (got {len(cats)}, "
-                           f"{len(x0)})", "choose a batch key with at least two batches")
+        raise SchelixError(
+            f"scBIOT needs >= 2 batches and >= 4 cells (got {len(cats)}, {len(x0)})",
+            "choose a batch key with at least two batches",
+        )
     if opt.reference not in ("largest", "union"):
-        raise SchelixError(f"Unknown scBIOT reference '{opt.reference}'", "use 'largest' or 'union'")
+        raise SchelixError(
+            f"Unknown scBIOT reference '{opt.reference}'", "use 'largest' or 'union'"
+        )
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1 if len(x0) < 5000 else None):  # kNN threads pay off > 5k
@@ -315,8 +357,20 @@ def _iterate(x0, codes, n_b, opt, seed, device, progress, keep_iterates) -> Scbi
         beta = 0.5 * _entropy(idx, codes, n_b) + 0.5 * rho
         w = dbar / dbar.mean()
         with threadpool_limits(limits=1):
-            shift = _ot_shift(x, codes, groups, ref_mask, w, beta, state, lerp(opt.cost_clip),
-                              opt, it_seed, backend, device)
+            shift = _ot_shift(
+                x,
+                codes,
+                groups,
+                ref_mask,
+                w,
+                beta,
+                state,
+                lerp(opt.cost_clip),
+                opt,
+                it_seed,
+                backend,
+                device,
+            )
             if opt.sharpen > 0:
                 shift = shift + opt.sharpen * _sharpen(x, w, state, opt, it_seed)
         lam, common = lerp(opt.smoothing), rho <= opt.rare_quantile
@@ -338,15 +392,27 @@ def _iterate(x0, codes, n_b, opt, seed, device, progress, keep_iterates) -> Scbi
         penalty += 0.45 * max(0.0, ovl_star - ovl) if ovl_star is not None else 0.0
         ovl_star = ovl if ovl_star is None else max(ovl_star, ovl)
         obj = (mix - mix0) + opt.w_overlap * ovl - opt.w_strain * strain - penalty
-        rows.append({"iteration": it + 1, "mix": mix, "overlap": ovl, "strain": strain,
-                     "objective": obj, "step": lerp(opt.step), "smoothing": lam,
-                     "max_move_ratio": ratio, "guarded": guarded})
+        rows.append(
+            {
+                "iteration": it + 1,
+                "mix": mix,
+                "overlap": ovl,
+                "strain": strain,
+                "objective": obj,
+                "step": lerp(opt.step),
+                "smoothing": lam,
+                "max_move_ratio": ratio,
+                "guarded": guarded,
+            }
+        )
         if keep_iterates:
             iterates.append(x.copy())
         best, best_j, stale = (x, obj, 0) if obj > best_j else (best, best_j, stale + 1)
         if progress is not None:
-            progress((it + 1) / opt.max_iter,
-                     f"scBIOT iteration {it + 1}/{opt.max_iter}: mix {mix:.3f}, overlap {ovl:.3f}")
+            progress(
+                (it + 1) / opt.max_iter,
+                f"scBIOT iteration {it + 1}/{opt.max_iter}: mix {mix:.3f}, overlap {ovl:.3f}",
+            )
         if stale >= opt.patience:
             break
     hist = pd.DataFrame(rows).assign(mix0=mix0)
@@ -355,8 +421,14 @@ def _iterate(x0, codes, n_b, opt, seed, device, progress, keep_iterates) -> Scbi
 
 @register("scbiot", label="scBIOT", uses_gpu=True)
 def scbiot(
-    adata: ad.AnnData, *, batch_key: str, seed: int = 0, device: str = "auto",
-    progress: ProgressCallback | None = None, n_comps: int = 50, **params: Any,
+    adata: ad.AnnData,
+    *,
+    batch_key: str,
+    seed: int = 0,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    n_comps: int = 50,
+    **params: Any,
 ) -> np.ndarray:
     """scBIOT's OT refinement of the 50-component scaled-HVG PCA (seeded) across ``batch_key``.
 
@@ -385,18 +457,28 @@ def scbiot(
     from schelix.methods.pca import scaled_hvg_pca
 
     if batch_key not in adata.obs:
-        raise SchelixError(f"Batch column '{batch_key}' is not in adata.obs",
-                           f"choose one of: {', '.join(map(str, adata.obs.columns))}")
+        raise SchelixError(
+            f"Batch column '{batch_key}' is not in adata.obs",
+            f"choose one of: {', '.join(map(str, adata.obs.columns))}",
+        )
     dev = resolve_device(device)
     if progress is not None:
         progress(0.0, "scBIOT: PCA of the scaled HVGs")
     x0 = scaled_hvg_pca(adata, n_comps=n_comps, seed=seed)
     report: Callable[[float, str], None] | None = None
     if progress is not None:
+
         def report(frac: float, msg: str) -> None:
             progress(0.05 + 0.95 * frac, msg)
-    res = refine(x0, adata.obs[batch_key].astype(str).to_numpy(), seed=seed,
-                 device="cuda" if dev == "cuda" else "cpu", progress=report, **params)
+
+    res = refine(
+        x0,
+        adata.obs[batch_key].astype(str).to_numpy(),
+        seed=seed,
+        device="cuda" if dev == "cuda" else "cpu",
+        progress=report,
+        **params,
+    )
     if progress is not None:
         progress(1.0, f"scBIOT done: best iterate {res.best_iter} of {len(res.history)}")
     return res.embedding.astype(np.float32)

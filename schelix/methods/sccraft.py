@@ -67,13 +67,27 @@ def dual_resolution_clusters(
     ``"high"``; codes are unique across batches.
     """
     X = _hvg_matrix(adata)
-    low, high = _cluster(X, adata.obs[batch_key].to_numpy(), low_resolution, high_resolution,
-                         n_pcs, n_neighbors, seed)
+    low, high = _cluster(
+        X,
+        adata.obs[batch_key].to_numpy(),
+        low_resolution,
+        high_resolution,
+        n_pcs,
+        n_neighbors,
+        seed,
+    )
     return pd.DataFrame({"low": low, "high": high}, index=adata.obs_names)
 
 
-def _cluster(X: np.ndarray, batches: np.ndarray, low_resolution: float, high_resolution: float,
-             n_pcs: int = 50, n_neighbors: int = 15, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _cluster(
+    X: np.ndarray,
+    batches: np.ndarray,
+    low_resolution: float,
+    high_resolution: float,
+    n_pcs: int = 50,
+    n_neighbors: int = 15,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     import scanpy as sc
 
     low = np.zeros(len(batches), dtype=np.int64)
@@ -88,12 +102,14 @@ def _cluster(X: np.ndarray, batches: np.ndarray, low_resolution: float, high_res
             continue
         sub = ad.AnnData(X[idx])
         sc.pp.pca(sub, n_comps=min(n_pcs, len(idx) - 1, X.shape[1] - 1), random_state=seed)
-        sc.pp.neighbors(sub, n_neighbors=min(n_neighbors, len(idx) - 1), method="gauss",
-                        random_state=seed)
+        sc.pp.neighbors(
+            sub, n_neighbors=min(n_neighbors, len(idx) - 1), method="gauss", random_state=seed
+        )
         sc.tl.leiden(sub, resolution=low_resolution, key_added="low", **opts)
         cats = list(sub.obs["low"].cat.categories)
-        sc.tl.leiden(sub, resolution=high_resolution, restrict_to=("low", cats),
-                     key_added="high", **opts)
+        sc.tl.leiden(
+            sub, resolution=high_resolution, restrict_to=("low", cats), key_added="high", **opts
+        )
         lo = sub.obs["low"].cat.codes.to_numpy().astype(np.int64)
         hi = sub.obs["high"].cat.codes.to_numpy().astype(np.int64)
         low[idx], high[idx] = lo + n_low, hi + n_high
@@ -137,7 +153,10 @@ def _build(p: int, n_batches: int, n_latent: int, hidden: tuple[int, ...]):
             return mean, torch.exp(self.log_r.clamp(-8, 8)).expand_as(mean)
 
     disc = nn.Sequential(
-        nn.Linear(n_latent, 256), nn.LeakyReLU(0.2), nn.Linear(256, 256), nn.LeakyReLU(0.2),
+        nn.Linear(n_latent, 256),
+        nn.LeakyReLU(0.2),
+        nn.Linear(256, 256),
+        nn.LeakyReLU(0.2),
         nn.Linear(256, n_batches),
     )
     return Encoder(), Decoder(), disc
@@ -150,8 +169,11 @@ def _nb_nll(x, mean, r):
     eps = 1e-8
     log_r_mu = torch.log(r + mean + eps)
     ll = (
-        torch.lgamma(x + r) - torch.lgamma(x + 1.0) - torch.lgamma(r)
-        + r * (torch.log(r + eps) - log_r_mu) + x * (torch.log(mean + eps) - log_r_mu)
+        torch.lgamma(x + r)
+        - torch.lgamma(x + 1.0)
+        - torch.lgamma(r)
+        + r * (torch.log(r + eps) - log_r_mu)
+        + x * (torch.log(mean + eps) - log_r_mu)
     )
     return -ll.mean()
 
@@ -236,11 +258,17 @@ def sccraft(
     import torch.nn.functional as F
 
     if batch_key not in adata.obs:
-        raise SchelixError(f"Batch column '{batch_key}' is not in adata.obs",
-                           f"choose one of: {', '.join(map(str, adata.obs.columns))}")
+        raise SchelixError(
+            f"Batch column '{batch_key}' is not in adata.obs",
+            f"choose one of: {', '.join(map(str, adata.obs.columns))}",
+        )
     if warmup_epochs >= epochs and lambda_d > 0:
-        warnings.warn(f"scCRAFT: warmup_epochs ({warmup_epochs}) >= epochs ({epochs}), so the "
-                      "adversarial batch term is never used", SchelixWarning, stacklevel=2)
+        warnings.warn(
+            f"scCRAFT: warmup_epochs ({warmup_epochs}) >= epochs ({epochs}), so the "
+            "adversarial batch term is never used",
+            SchelixWarning,
+            stacklevel=2,
+        )
     dev = resolve_device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -268,8 +296,9 @@ def sccraft(
         adversarial = epoch >= warmup_epochs and lambda_d > 0
         enc.train(), dec.train(), disc.train()
         for _ in range(steps):
-            idx = np.concatenate([rng.choice(m, per_batch, replace=len(m) < per_batch)
-                                  for m in members])
+            idx = np.concatenate(
+                [rng.choice(m, per_batch, replace=len(m) < per_batch) for m in members]
+            )
             idx_t = torch.from_numpy(idx).to(dev)
             x, v, b = X[idx_t], onehot[idx_t], b_t[idx_t]
             mu, logvar = enc(x)
@@ -291,14 +320,18 @@ def sccraft(
             loss.backward()
             opt_eg.step()
         if not math.isfinite(loss.item()):
-            raise SchelixError("scCRAFT training diverged (the loss is not finite)",
-                               "lower lr or lambda_d, or check the input for NaN values")
+            raise SchelixError(
+                "scCRAFT training diverged (the loss is not finite)",
+                "lower lr or lambda_d, or check the input for NaN values",
+            )
         if progress is not None:
             phase = "adversarial" if adversarial else "warm-up"
-            progress((epoch + 1) / epochs,
-                     f"scCRAFT epoch {epoch + 1}/{epochs} ({phase}), loss {loss.item():.3f}")
+            progress(
+                (epoch + 1) / epochs,
+                f"scCRAFT epoch {epoch + 1}/{epochs} ({phase}), loss {loss.item():.3f}",
+            )
 
     enc.eval()
     with torch.no_grad():
-        out = [enc(X[i:i + 4096])[0].cpu() for i in range(0, X.shape[0], 4096)]
+        out = [enc(X[i : i + 4096])[0].cpu() for i in range(0, X.shape[0], 4096)]
     return torch.cat(out).numpy().astype(np.float32)

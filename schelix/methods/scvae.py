@@ -53,8 +53,9 @@ def _build(G: int, H: int, n_latent: int, n_b: int, alpha_init: float, beta_bm: 
     class Batchified(nn.Module):  # X + beta * g_b(X), one FC + Tanhshrink sub-module per batch
         def __init__(self) -> None:
             super().__init__()
-            self.sub = nn.ModuleList(nn.Sequential(nn.Linear(H, H), nn.Tanhshrink())
-                                     for _ in range(n_b))
+            self.sub = nn.ModuleList(
+                nn.Sequential(nn.Linear(H, H), nn.Tanhshrink()) for _ in range(n_b)
+            )
 
         def forward(self, h, b: int):
             return h + beta_bm * self.sub[b](h)
@@ -67,19 +68,30 @@ def _build(G: int, H: int, n_latent: int, n_b: int, alpha_init: float, beta_bm: 
             self.b_enc = nn.Parameter(torch.zeros(H))
             self.w_dec = nn.Parameter(torch.empty(H, G).uniform_(-0.1, 0.1, generator=gen))
             self.b_dec = nn.Parameter(torch.zeros(G))
-            self.enc_fc = nn.Sequential(nn.BatchNorm1d(H), nn.ReLU(), nn.Linear(H, H),
-                                        nn.BatchNorm1d(H), nn.ReLU())
+            self.enc_fc = nn.Sequential(
+                nn.BatchNorm1d(H), nn.ReLU(), nn.Linear(H, H), nn.BatchNorm1d(H), nn.ReLU()
+            )
             self.ebm, self.dbm = Batchified(), Batchified()
             self.mean, self.logvar = nn.Linear(H, n_latent), nn.Linear(H, n_latent)
-            self.dec_fc = nn.Sequential(nn.Linear(n_latent, H), nn.BatchNorm1d(H), nn.ReLU(),
-                                        nn.Linear(H, H), nn.BatchNorm1d(H), nn.ReLU())
+            self.dec_fc = nn.Sequential(
+                nn.Linear(n_latent, H),
+                nn.BatchNorm1d(H),
+                nn.ReLU(),
+                nn.Linear(H, H),
+                nn.BatchNorm1d(H),
+                nn.ReLU(),
+            )
             self.log_theta = nn.Parameter(torch.zeros(G))
             self.pi_logits = nn.Parameter(torch.full((n_b, G), -2.0))
 
         def encode(self, xs_by_batch, masks):
             # SC layer with this batch's mask, then this batch's eBM sub-module
-            h = torch.cat([self.ebm(torch.sparse.mm(xs, self.w_enc * masks[b]) + self.b_enc, b)
-                           for b, xs in xs_by_batch])
+            h = torch.cat(
+                [
+                    self.ebm(torch.sparse.mm(xs, self.w_enc * masks[b]) + self.b_enc, b)
+                    for b, xs in xs_by_batch
+                ]
+            )
             h = self.enc_fc(h)
             return self.mean(h), self.logvar(h).clamp(-10, 10)
 
@@ -87,7 +99,7 @@ def _build(G: int, H: int, n_latent: int, n_b: int, alpha_init: float, beta_bm: 
             h = self.dec_fc(z)
             out, i = [], 0
             for b, n in sizes:  # decoder SC mask mirrors the encoder's (its transpose)
-                out.append(self.dbm(h[i:i + n], b) @ (self.w_dec * masks[b].T) + self.b_dec)
+                out.append(self.dbm(h[i : i + n], b) @ (self.w_dec * masks[b].T) + self.b_dec)
                 i += n
             return torch.cat(out)
 
@@ -104,8 +116,14 @@ def _zinb_nll(x, mu, theta, pi_logits):
     nb_zero = theta * (torch.log(theta + eps) - log_t_mu)  # log NB(0)
     log_pi_free = -F.softplus(pi_logits)  # log(1 - pi)
     zero = torch.logaddexp(pi_logits + log_pi_free, log_pi_free + nb_zero)
-    nonzero = (log_pi_free + nb_zero + x * (torch.log(mu + eps) - log_t_mu)
-               + torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1.0))
+    nonzero = (
+        log_pi_free
+        + nb_zero
+        + x * (torch.log(mu + eps) - log_t_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+    )
     return -torch.where(x < eps, zero, nonzero).sum(1).mean()
 
 
@@ -144,7 +162,7 @@ def _update_connections(mask, w_enc, mse, *, n_min, n_max, n_al, n_pl, n_pw, q_w
         free = torch.nonzero(n < n_max if need > 0 else n > n_min).flatten()
         if not len(free):
             break
-        rows = free[torch.randperm(len(free), generator=gen, device=free.device)[:abs(need)]]
+        rows = free[torch.randperm(len(free), generator=gen, device=free.device)[: abs(need)]]
         mask[rows, pick(rows, need < 0)] = need > 0
         need -= len(rows) if need > 0 else -len(rows)
 
@@ -196,8 +214,10 @@ def fit_scvae(
     import torch
 
     if "counts" not in adata.layers:
-        raise SchelixError("scVAE models raw counts, but adata.layers['counts'] is missing",
-                           "load a file with raw UMI counts (not log-normalized values)")
+        raise SchelixError(
+            "scVAE models raw counts, but adata.layers['counts'] is missing",
+            "load a file with raw UMI counts (not log-normalized values)",
+        )
     dev = resolve_device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -212,21 +232,34 @@ def fit_scvae(
     masks = base.unsqueeze(0).repeat(n_b, 1, 1)  # (batches, genes, hidden), bool
     model = _build(G, H, n_latent, n_b, alpha_init, beta_bm, seed).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    limits = {"n_min": n_min, "n_max": n_max, "n_al": int(frac_add_loss * G),
-              "n_pl": int(frac_remove_loss * G), "n_pw": int(frac_prune_weight * G),
-              "q_w": q_w, "v_w": v_w, "gen": gen}
+    limits = {
+        "n_min": n_min,
+        "n_max": n_max,
+        "n_al": int(frac_add_loss * G),
+        "n_pl": int(frac_remove_loss * G),
+        "n_pw": int(frac_prune_weight * G),
+        "q_w": q_w,
+        "v_w": v_w,
+        "gen": gen,
+    }
 
     def to_torch(rows: np.ndarray, jitter: bool):
         m = counts[rows]
         if jitter:
-            m = sp.diags(rng.uniform(1 - depth_jitter, 1 + depth_jitter, len(rows))
-                         .astype(np.float32)) @ m
+            m = (
+                sp.diags(
+                    rng.uniform(1 - depth_jitter, 1 + depth_jitter, len(rows)).astype(np.float32)
+                )
+                @ m
+            )
         coo = m.tocoo()
         ij = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
         val = torch.from_numpy(coo.data.astype(np.float32))
+
         def coo(v):
-            return torch.sparse_coo_tensor(ij, v, m.shape, is_coalesced=True,
-                                           check_invariants=False).to(dev)
+            return torch.sparse_coo_tensor(
+                ij, v, m.shape, is_coalesced=True, check_invariants=False
+            ).to(dev)
 
         return coo(torch.log1p(val)), coo(val)
 
@@ -258,23 +291,29 @@ def fit_scvae(
                 err = (raw - torch.sigmoid(-pi) * mean).pow(2)
                 se.index_add_(0, bidx, err)
         if not math.isfinite(loss.item()):
-            raise SchelixError("scVAE training diverged (the loss is not finite)",
-                               "lower lr, or check layers['counts'] for negative or NaN values")
+            raise SchelixError(
+                "scVAE training diverged (the loss is not finite)",
+                "lower lr, or check layers['counts'] for negative or NaN values",
+            )
         if epoch < last_update:  # stage II: connection updates, weights fixed
             with torch.no_grad():
                 for b in present:
                     _update_connections(masks[b], model.w_enc, se[b], **limits)
         if progress is not None:
-            progress((epoch + 1) / epochs, f"scVAE epoch {epoch + 1}/{epochs}, loss {loss.item():.1f}")
+            progress(
+                (epoch + 1) / epochs, f"scVAE epoch {epoch + 1}/{epochs}, loss {loss.item():.1f}"
+            )
 
     model.eval()
     emb = np.zeros((adata.n_obs, n_latent), dtype=np.float32)
     with torch.no_grad():
         for b in present:
             for i in range(0, len(members[b]), 2048):
-                rows = members[b][i:i + 2048]
+                rows = members[b][i : i + 2048]
                 emb[rows] = model.encode([(b, to_torch(rows, False)[0])], masks)[0].cpu().numpy()
-    return ScVAEResult(emb, masks.sum(2).cpu().numpy(), n_min, n_max, list(map(str, adata.var_names)))
+    return ScVAEResult(
+        emb, masks.sum(2).cpu().numpy(), n_min, n_max, list(map(str, adata.var_names))
+    )
 
 
 @register("scvae", label="scVAE (sparse)", needs_counts=True, uses_gpu=True)
@@ -288,8 +327,9 @@ def scvae(
     **params: object,
 ) -> np.ndarray:
     """scVAE embedding (posterior means) over all genes; options as in :func:`fit_scvae`."""
-    return fit_scvae(adata, batch_key=batch_key, seed=seed, device=device,
-                     progress=progress, **params).embedding  # type: ignore[arg-type]
+    return fit_scvae(
+        adata, batch_key=batch_key, seed=seed, device=device, progress=progress, **params
+    ).embedding  # type: ignore[arg-type]
 
 
 def scscore(
@@ -313,14 +353,26 @@ def scscore(
     """
     scores = []
     for r in range(n_repeats):
-        sub = None if progress is None else (
-            lambda f, m, r=r: progress((r + f) / n_repeats, f"repeat {r + 1}/{n_repeats}: {m}"))
-        scores.append(fit_scvae(adata, batch_key=batch_key, seed=seed + r, device=device,
-                                progress=sub, **params).scscore)  # type: ignore[arg-type]
+        sub = (
+            None
+            if progress is None
+            else (
+                lambda f, m, r=r: progress((r + f) / n_repeats, f"repeat {r + 1}/{n_repeats}: {m}")
+            )
+        )
+        scores.append(
+            fit_scvae(
+                adata, batch_key=batch_key, seed=seed + r, device=device, progress=sub, **params
+            ).scscore
+        )  # type: ignore[arg-type]
     score = pd.concat(scores, axis=1).mean(1).rename(f"scscore_{n_repeats}")
     if key_added is not None:
         adata.var[key_added] = score.to_numpy()
         adata.uns.setdefault("schelix", {})["scscore"] = {
-            "batch_key": batch_key, "n_repeats": n_repeats, "seed": seed, "key_added": key_added,
-            **{k: v for k, v in params.items() if isinstance(v, str | int | float | bool)}}
+            "batch_key": batch_key,
+            "n_repeats": n_repeats,
+            "seed": seed,
+            "key_added": key_added,
+            **{k: v for k, v in params.items() if isinstance(v, str | int | float | bool)},
+        }
     return score

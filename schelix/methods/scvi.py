@@ -39,9 +39,14 @@ def quiet() -> Iterator[None]:
         for name in _NOISY_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
         with warnings.catch_warnings():
-            for msg in (".*does not have many workers.*", ".*GPU available but not used.*",
-                        ".*num_workers.*", ".*LightningDeprecationWarning.*",
-                        ".*not (yet )?supported.*MPS.*", ".*Trying to infer the `batch_size`.*"):
+            for msg in (
+                ".*does not have many workers.*",
+                ".*GPU available but not used.*",
+                ".*num_workers.*",
+                ".*LightningDeprecationWarning.*",
+                ".*not (yet )?supported.*MPS.*",
+                ".*Trying to infer the `batch_size`.*",
+            ):
                 warnings.filterwarnings("ignore", message=msg)
             warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
             warnings.filterwarnings("ignore", category=UserWarning, module="scvi")
@@ -108,8 +113,10 @@ def hvg_copy(adata: ad.AnnData, *, batch_key: str, layer: str | None, method: st
         )
     matrix = adata.layers[layer] if layer is not None else adata.X
     matrix = matrix[:, np.flatnonzero(mask)]
-    matrix = sp.csr_matrix(matrix, dtype=np.float32) if sp.issparse(matrix) else np.asarray(
-        matrix, dtype=np.float32
+    matrix = (
+        sp.csr_matrix(matrix, dtype=np.float32)
+        if sp.issparse(matrix)
+        else np.asarray(matrix, dtype=np.float32)
     )
     obs = pd.DataFrame(
         {batch_key: pd.Categorical(batch.astype(str).to_numpy())}, index=adata.obs_names.copy()
@@ -151,8 +158,11 @@ class ScviProgress:
         n_batches = max(float(trainer.num_training_batches), 1.0)
         max_epochs = max(int(trainer.max_epochs or 1), 1)
         done = trainer.current_epoch + (batch_idx + 1) / n_batches
-        self.report(trainer, done / max_epochs,
-                    f"{self.label}: epoch {trainer.current_epoch + 1}/{max_epochs}")
+        self.report(
+            trainer,
+            done / max_epochs,
+            f"{self.label}: epoch {trainer.current_epoch + 1}/{max_epochs}",
+        )
 
     def on_epoch(self, trainer: Any) -> None:
         max_epochs = max(int(trainer.max_epochs or 1), 1)

@@ -19,25 +19,33 @@ class HyperFusion(nn.Module):
     ``d x d`` matrices: ``(W + U V^T) h = W h + U (V^T h)``.
     """
 
-    def __init__(self, dim: int, *, rank: int = 8, delta_scale: float = 0.6, hidden: int = 128) -> None:
+    def __init__(
+        self, dim: int, *, rank: int = 8, delta_scale: float = 0.6, hidden: int = 128
+    ) -> None:
         super().__init__()
         self.dim, self.rank, self.delta_scale = dim, rank, delta_scale
         n_factor = 2 * (2 * dim * rank)  # U and V for each of the two layers
-        self.hyper = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, n_factor + dim))
+        self.hyper = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, n_factor + dim)
+        )
         with torch.no_grad():  # start with small per-cell factors
             self.hyper[-1].weight.mul_(0.1)
         self.w1 = nn.Linear(dim, dim)
         self.w2 = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, h_inv_ref: torch.Tensor, h_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h_inv_ref: torch.Tensor, h_var: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(H_fused, gate)``."""
         n, d, r = h_var.shape[0], self.dim, self.rank
         theta = self.hyper(h_inv_ref)
         u1, v1, u2, v2 = theta[:, : 4 * d * r].reshape(n, 4, d, r).unbind(1)
         gate = torch.sigmoid(theta[:, 4 * d * r :])
 
-        def layer(lin: nn.Linear, u: torch.Tensor, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        def layer(
+            lin: nn.Linear, u: torch.Tensor, v: torch.Tensor, x: torch.Tensor
+        ) -> torch.Tensor:
             low = torch.einsum("ndr,nd->nr", v, x)
             return lin(x) + torch.einsum("ndr,nr->nd", u, low) / r
 
@@ -52,5 +60,7 @@ class SumFusion(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, h_inv_ref: torch.Tensor, h_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h_inv_ref: torch.Tensor, h_var: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.norm(h_inv_ref + h_var), torch.ones_like(h_var)

@@ -94,7 +94,9 @@ class LearnableGeneGraph(nn.Module):
 
     def get_extra_state(self) -> dict:
         """Saved with the weights: the cached ``P`` the model was trained with, and the clock."""
-        cached = None if self._cached is None else self._cached.to_dense().to_sparse_coo().coalesce()
+        cached = (
+            None if self._cached is None else self._cached.to_dense().to_sparse_coo().coalesce()
+        )
         return {"step": self._step, "cached": cached}
 
     def set_extra_state(self, state: dict) -> None:

@@ -12,7 +12,9 @@ __all__ = ["Aligner", "Refiner"]
 
 
 def _mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim_in, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, dim_out))
+    return nn.Sequential(
+        nn.Linear(dim_in, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, dim_out)
+    )
 
 
 class Aligner(nn.Module):
@@ -28,7 +30,9 @@ class Aligner(nn.Module):
         self.projector = _mlp(dim, hidden, dim)
         self.predictor = _mlp(dim, hidden // 2, dim)
 
-    def forward(self, h_var: torch.Tensor, h_inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h_var: torch.Tensor, h_inv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(p_S, loss)``: the aligned variant embedding and the align loss."""
         p_s = self.predictor(self.projector(h_var))
         z_t = self.projector(h_inv).detach()
@@ -70,7 +74,9 @@ class Refiner(nn.Module):
         ratio = min(max(alpha_init / alpha_max, 1e-4), 1 - 1e-4) if alpha_max > 0 else 0.5
         nn.init.constant_(self.gate.bias, math.log(ratio / (1 - ratio)))
 
-    def forward(self, h_inv: torch.Tensor, h_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h_inv: torch.Tensor, h_var: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(H_inv_refined, alpha)``."""
         if self.alpha_max == 0:
             return h_inv, torch.zeros_like(h_inv)

@@ -18,7 +18,9 @@ class TeacherPrototypes(nn.Module):
     random cell, so none stays dead.
     """
 
-    def __init__(self, n_prototypes: int, dim: int, *, momentum: float = 0.99, revive_after: int = 200) -> None:
+    def __init__(
+        self, n_prototypes: int, dim: int, *, momentum: float = 0.99, revive_after: int = 200
+    ) -> None:
         super().__init__()
         self.momentum = momentum
         self.revive_after = revive_after
@@ -50,12 +52,16 @@ class TeacherPrototypes(nn.Module):
         sums = torch.zeros_like(self.centers).index_add_(0, assign, z)
         hit = counts > 0
         means = sums[hit] / counts[hit, None]
-        self.centers[hit] = F.normalize(self.momentum * self.centers[hit] + (1 - self.momentum) * means, dim=1)
+        self.centers[hit] = F.normalize(
+            self.momentum * self.centers[hit] + (1 - self.momentum) * means, dim=1
+        )
         self.idle[hit] = 0
         self.idle[~hit] += 1
         dead = torch.nonzero(self.idle > self.revive_after).flatten()
         if len(dead):
-            pick = torch.randint(len(z), (len(dead),), generator=generator, device="cpu").to(z.device)
+            pick = torch.randint(len(z), (len(dead),), generator=generator, device="cpu").to(
+                z.device
+            )
             self.centers[dead] = z[pick]
             self.idle[dead] = 0
 
@@ -74,7 +80,11 @@ def connectivity_loss(logits: torch.Tensor, pseudo_labels: torch.Tensor) -> torc
 
 
 def distillation_loss(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, *, threshold: float = 0.75, power: float = 1.0
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    *,
+    threshold: float = 0.75,
+    power: float = 1.0,
 ) -> torch.Tensor:
     """Confidence-weighted KD: ``mean_i w_i KL(q_T,i || q_S,i)``, ``w_i = max_prob^p`` if ``>= threshold`` else 0."""
     q_t = torch.softmax(teacher_logits.detach(), 1)

@@ -72,13 +72,21 @@ class SCHelixModule(nn.Module):
         self.classifier = nn.Linear(d, n_labels) if n_labels > 1 else None
         self.n_batches = n_batches
 
-    def forward(self, x_var: torch.Tensor, x_inv: torch.Tensor, *, fuse: bool = True) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x_var: torch.Tensor, x_inv: torch.Tensor, *, fuse: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Every stage embedding of a batch of cells (``fuse=False`` stops after Align)."""
         w_var = self.enc_variant.effective_weight()
         h_var = self.enc_variant(x_var, w_var)
         h_inv = self.enc_anchor(x_inv)
         p_s, align = self.aligner(h_var, h_inv)
-        out = {"variant": h_var, "variant_aligned": p_s, "anchor": h_inv, "align": align, "w_var": w_var}
+        out = {
+            "variant": h_var,
+            "variant_aligned": p_s,
+            "anchor": h_inv,
+            "align": align,
+            "w_var": w_var,
+        }
         if fuse:
             # the variant details that Refine and HyperFusion read: aligned (denoised) or raw
             detail = self.aligned_norm(p_s) if self.config.refine_from_aligned else h_var
@@ -142,7 +150,9 @@ class SCHelixModule(nn.Module):
             if self.classifier is not None and labels is not None:
                 known = labels >= 0
                 if bool(known.any()):
-                    terms["supervised"] = F.cross_entropy(self.classifier(fused[known]), labels[known])
+                    terms["supervised"] = F.cross_entropy(
+                        self.classifier(fused[known]), labels[known]
+                    )
                     weights["supervised"] = c.w_supervised
         total = sum(weights[k] * v for k, v in terms.items())
         return total, terms

@@ -37,7 +37,9 @@ class _Head(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.ff = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.ff = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -79,7 +81,11 @@ class DiffusionEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.graph = LearnableGeneGraph(
-            n_genes, dim=graph_dim, temperature=temperature, top_k=top_k, rebuild_every=rebuild_every
+            n_genes,
+            dim=graph_dim,
+            temperature=temperature,
+            top_k=top_k,
+            rebuild_every=rebuild_every,
         )
         self.xi1, self.xi2 = xi1, xi2
         scale = (2 * n_genes) ** -0.5
@@ -136,7 +142,9 @@ class Decoder(nn.Module):
     demand (the scVI decoder does the same).
     """
 
-    def __init__(self, latent_dim: int, n_out: int, *, hidden: int = 128, n_batches: int = 0) -> None:
+    def __init__(
+        self, latent_dim: int, n_out: int, *, hidden: int = 128, n_batches: int = 0
+    ) -> None:
         super().__init__()
         self.n_batches = n_batches
         self.net = nn.Sequential(
