@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-PINNED_SUM = -17.941238715371583
-PINNED_ABS_SUM = 4065.150673039432
-PINNED_FIRST = [1.2078007459640503, -1.4939688444137573, -0.2991696000099182, 0.06245959550142288]
-PINNED_LAST = [-1.616252064704895, 2.0863754749298096, -0.44346630573272705, 1.0584189891815186]
+PINNED_SUM = -17.941251676733373
+PINNED_ABS_SUM = 4065.15063087843
+PINNED_FIRST = [1.2078008651733398, -1.4939684867858887, -0.29916951060295105, 0.06245989724993706]
+PINNED_LAST = [-1.6162517070770264, 2.0863757133483887, -0.44346609711647034, 1.05841863155365]
 
 #: schedule fields given explicitly: 60 steps, warm-up 20, mini-batches of 64
 SCHEDULE = dict(max_steps=60, max_epochs=1000, warmup_steps=20, batch_size=64)
@@ -37,7 +37,14 @@ def _fused_embedding() -> np.ndarray:
 
 
 def test_same_seed_same_cpu_embedding():
-    z = _fused_embedding()
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums depend on the thread count; the suite runs with one
+    try:
+        z = _fused_embedding()
+    finally:
+        torch.set_num_threads(threads)
     assert z.shape == (300, 16)
     np.testing.assert_allclose(z.sum(), PINNED_SUM, atol=1e-5)
     np.testing.assert_allclose(np.abs(z).sum(), PINNED_ABS_SUM, rtol=1e-6)
