@@ -25,8 +25,9 @@ import anndata as ad
 import numpy as np
 
 import schelix
+from schelix.device import resolve_device
 from schelix.methods import run_method
-from schelix.methods.base import _PeakRSS, resolve_device
+from schelix.methods.base import _PeakRSS
 from schelix.pipeline import integrate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

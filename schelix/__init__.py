@@ -40,7 +40,7 @@ _LAZY = {
     "workspace": "schelix.workspace",
 }
 _LAZY_ATTR = {
-    "SCHelix": ("schelix.helix", "SCHelix"),
+    "SCHelix": ("schelix.model", "SCHelix"),
     "SCHelixConfig": ("schelix.config", "SCHelixConfig"),
     "read": ("schelix.io", "read"),
 }

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from schelix.errors import SchelixError, SchelixWarning
-from schelix.methods.pca import scaled_hvg_pca, scaled_pca
+from schelix.pca import scaled_hvg_pca, scaled_pca
 from schelix.preprocess import hvg_mask
 
 __all__ = [

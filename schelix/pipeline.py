@@ -10,8 +10,8 @@ import anndata as ad
 import numpy as np
 
 from schelix.config import SCHelixConfig
-from schelix.helix import SCHelix
-from schelix.model.module import STAGES
+from schelix.model import SCHelix
+from schelix.module.network import STAGES
 from schelix.train import Callback
 
 __all__ = ["integrate", "stage_key", "write_results"]

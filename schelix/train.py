@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from schelix.config import SCHelixConfig
-from schelix.model.module import STAGES, SCHelixModule
+from schelix.module.network import STAGES, SCHelixModule
 
 __all__ = [
     "StepRecord",
@@ -134,7 +134,7 @@ def mnn_partners(
     Anchors are batch-stable, so a cross-batch MNN pair there is most likely the same cell state
     seen in two batches (the MNN idea of Haghverdi et al. 2018, on the scaffold). ``x_anchor`` is
     already the scaled matrix the model trains on, so it is not re-scaled here
-    (:func:`schelix.methods.pca.scaled_pca` would scale and clip it again).
+    (:func:`schelix.pca.scaled_pca` would scale and clip it again).
 
     Parameters
     ----------

@@ -277,7 +277,7 @@ def train_task(ctx: JobContext) -> str:
     import shutil
 
     from schelix import pipeline, report
-    from schelix.methods import resolve_device
+    from schelix.device import resolve_device
     from schelix.train import Callback
 
     p, ws = ctx.params, _workspace(ctx)

@@ -11,8 +11,8 @@ from sklearn.neighbors import NearestNeighbors
 from schelix.datasets import synthetic
 from schelix.errors import SchelixError
 from schelix.methods import get_method, run_method
-from schelix.methods.pca import scaled_hvg_pca
 from schelix.methods.scbiot import ScbiotOptions, cap_moves, refine, unbalanced_sinkhorn
+from schelix.pca import scaled_hvg_pca
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from schelix.methods.base import (
     available_methods,
     get_method,
     register,
-    resolve_device,
     run_method,
 )
 
@@ -16,6 +15,5 @@ __all__ = [
     "available_methods",
     "get_method",
     "register",
-    "resolve_device",
     "run_method",
 ]

@@ -39,7 +39,6 @@ __all__ = [
     "get_method",
     "available_methods",
     "run_method",
-    "resolve_device",
 ]
 
 #: ``progress(fraction_done in [0, 1], message)``; may raise to cancel.
@@ -127,25 +126,6 @@ def get_method(name: str) -> MethodSpec:
             f"choose one of: {', '.join(sorted(_REGISTRY))}",
         )
     return _REGISTRY[name]
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` if available, then ``"mps"``, else ``"cpu"``."""
-    import torch
-
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
-        return "cpu"
-    if device in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise SchelixError(
-            "A GPU was requested but CUDA is not available on this machine",
-            "choose device 'auto' or 'cpu'",
-        )
-    return "cuda" if device == "gpu" else device
 
 
 class _PeakRSS:

@@ -15,7 +15,7 @@ import numpy as np
 
 from schelix.errors import SchelixError
 from schelix.methods.base import ProgressCallback, register
-from schelix.methods.pca import scaled_hvg_pca
+from schelix.pca import scaled_hvg_pca
 
 __all__ = ["harmony"]
 

@@ -1,7 +1,7 @@
 """scBIOT: batch-aware unbalanced-OT refinement of a PCA embedding (rare-type protected).
 
 Written from the scBIOT Extended Methods (``papers/scbiot_extended.txt``, Eqs. 1-21).
-Starting from ``X0`` (the scaled-HVG PCA of :func:`schelix.methods.pca.scaled_hvg_pca`),
+Starting from ``X0`` (the scaled-HVG PCA of :func:`schelix.pca.scaled_hvg_pca`),
 each iteration: kNN in ``X(t)`` -> sparsity ``d_i`` (Eq. 1) and bridge scores ``beta_i``
 (Eqs. 8-9); weighted MiniBatch k-means prototypes of the reference and of every batch;
 entropic unbalanced Sinkhorn between them (Eqs. 2-4; POT on CPU, log-domain torch on CUDA);
@@ -37,8 +37,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from schelix.device import resolve_device
 from schelix.errors import SchelixError
-from schelix.methods.base import ProgressCallback, register, resolve_device
+from schelix.methods.base import ProgressCallback, register
 
 __all__ = ["ScbiotOptions", "ScbiotResult", "cap_moves", "refine", "scbiot", "unbalanced_sinkhorn"]
 
@@ -454,7 +455,7 @@ def scbiot(
     -------
     ``(n_cells, n_comps)`` float32 embedding (the best iterate).
     """
-    from schelix.methods.pca import scaled_hvg_pca
+    from schelix.pca import scaled_hvg_pca
 
     if batch_key not in adata.obs:
         raise SchelixError(

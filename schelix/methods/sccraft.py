@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from schelix.device import resolve_device
 from schelix.errors import SchelixError, SchelixWarning
-from schelix.methods.base import ProgressCallback, register, resolve_device
+from schelix.methods.base import ProgressCallback, register
 
 __all__ = ["dual_resolution_clusters", "sccraft"]
 

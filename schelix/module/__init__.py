@@ -5,9 +5,9 @@
 - :mod:`.interaction` Align (Eq. 6) and bounded Refine (Eq. 7)
 - :mod:`.fusion` HyperFusion (Eq. 8)
 - :mod:`.losses` EMA teacher prototypes, connectivity and KD losses (Eq. 9–10)
-- :mod:`.module` the whole network
+- :mod:`.network` the whole network (:class:`SCHelixModule`)
 """
 
-from schelix.model.module import LOSS_TERMS, STAGES, SCHelixModule
+from schelix.module.network import LOSS_TERMS, STAGES, SCHelixModule
 
 __all__ = ["LOSS_TERMS", "STAGES", "SCHelixModule"]

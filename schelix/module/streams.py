@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from schelix.model.graph import LearnableGeneGraph
+from schelix.module.graph import LearnableGeneGraph
 
 __all__ = ["DiffusionEncoder", "LinearEncoder", "Decoder"]
 

@@ -14,9 +14,9 @@ import scipy.sparse as sp
 import torch
 
 from schelix.config import SCHelixConfig
+from schelix.device import resolve_device
 from schelix.errors import SchelixError
-from schelix.methods.base import resolve_device
-from schelix.model.module import STAGES, SCHelixModule
+from schelix.module.network import STAGES, SCHelixModule
 from schelix.train import (
     Callback,
     TrainData,

@@ -7,15 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from schelix.config import SCHelixConfig
-from schelix.model.fusion import HyperFusion, SumFusion
-from schelix.model.interaction import Aligner, Refiner
-from schelix.model.losses import (
+from schelix.module.fusion import HyperFusion, SumFusion
+from schelix.module.interaction import Aligner, Refiner
+from schelix.module.losses import (
     TeacherPrototypes,
     connectivity_loss,
     distillation_loss,
     reconstruction_loss,
 )
-from schelix.model.streams import Decoder, DiffusionEncoder, LinearEncoder
+from schelix.module.streams import Decoder, DiffusionEncoder, LinearEncoder
 
 __all__ = ["SCHelixModule", "STAGES", "LOSS_TERMS"]
 
