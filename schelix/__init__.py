@@ -5,7 +5,7 @@ Quick start::
     import schelix
     adata = schelix.read("data.h5ad", batch_key="batch")
     adata = schelix.pp.preprocess(adata, batch_key="batch")
-    schelix.SCHelix.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    schelix.SCHelix.setup_anndata(adata, batch_key="batch", label_key="cell_type")
     model = schelix.SCHelix(adata)
     model.train()
     adata.obsm["X_schelix"] = model.get_latent_representation()

@@ -17,11 +17,13 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from schelix.errors import SchelixError, SchelixWarning
+from schelix.obs import require_column
 from schelix.preprocess import hvg_mask
 
 __all__ = [
     "STREAMS",
     "gene_profile",
+    "has_split",
     "quadrant",
     "score_genes",
     "split_anchors",
@@ -40,11 +42,7 @@ def _uns(adata: AnnData) -> dict:
 
 
 def _check_batch(adata: AnnData, batch_key: str) -> pd.Categorical:
-    if batch_key not in adata.obs:
-        raise SchelixError(
-            f"Batch column {batch_key!r} is not in adata.obs",
-            f"choose one of: {', '.join(map(repr, adata.obs.columns))}",
-        )
+    require_column(adata, batch_key)
     batch = pd.Categorical(adata.obs[batch_key].astype(str))
     if len(batch.categories) < 2:
         raise SchelixError(
@@ -346,6 +344,30 @@ def split_anchors(
         "n_variant": n_variant,
     }
     return adata.var["schelix_stream"]
+
+
+def has_split(
+    adata: AnnData,
+    *,
+    tau_dom: float = 0.0,
+    tau_str: float = 0.0,
+    random: bool = False,
+    seed: int = 0,
+) -> bool:
+    """Whether ``adata`` holds the split :func:`split_anchors` makes with these settings.
+
+    The stored split (``var["schelix_stream"]`` and its record in ``uns``) is then read as it
+    is, never recomputed. ``seed`` matters only for a random split.
+    """
+    rec = _uns(adata).get("anchor_split")
+    if "schelix_stream" not in adata.var or not rec:
+        return False
+    same = (
+        float(rec["tau_dom"]) == float(tau_dom)
+        and float(rec["tau_str"]) == float(tau_str)
+        and bool(rec["random"]) == bool(random)
+    )
+    return same and (not random or int(rec["seed"]) == int(seed))
 
 
 def _summary(x: np.ndarray, groups: pd.Categorical, name: str) -> pd.DataFrame:

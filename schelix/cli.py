@@ -156,7 +156,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         max_mito_pct=args.max_mito_pct, n_top_genes=args.n_top_genes,
     )  # fmt: skip
     model = integrate(
-        adata, batch_key=args.batch_key, labels_key=label_key, config=config, seed=args.seed,
+        adata, batch_key=args.batch_key, label_key=label_key, config=config, seed=args.seed,
         device=args.device, max_steps=args.steps, progress_bar=not args.quiet,
     )  # fmt: skip
     print(

@@ -21,6 +21,7 @@ import pandas as pd
 
 from schelix.errors import SchelixError
 from schelix.methods.base import ProgressCallback, get_method, run_method
+from schelix.obs import require_column
 
 __all__ = ["INFO_COLUMNS", "compare", "comparison_table", "obsm_key", "summarize"]
 
@@ -98,12 +99,8 @@ def compare(
     methods, seeds = list(methods), [int(s) for s in seeds]
     if not methods or not seeds:
         raise SchelixError("compare() got no methods or no seeds", "pass at least one of each")
-    for key, what in ((batch_key, "Batch"), (label_key, "Label")):
-        if key is not None and key not in adata.obs:
-            raise SchelixError(
-                f"{what} column '{key}' is not in adata.obs",
-                f"choose one of: {', '.join(map(str, adata.obs.columns))}",
-            )
+    require_column(adata, batch_key, "Batch")
+    require_column(adata, label_key, "Label")
     specs = {name: get_method(name) for name in methods}  # unknown names fail up front
     params = {k: dict(v) for k, v in (params or {}).items()}
     unknown = sorted(set(params) - set(methods))

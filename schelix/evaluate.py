@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from schelix.errors import SchelixError, SchelixWarning
+from schelix.obs import label_mask, require_column
 from schelix.pca import scaled_hvg_pca, scaled_pca
 from schelix.preprocess import hvg_mask
 
@@ -58,14 +59,8 @@ N_NEIGHBORS = 15
 RESOLUTIONS = tuple(round(0.1 * i, 1) for i in range(1, 21))
 LABEL_METRICS = ("ASW_ct", "GC", "ARI", "NMI", "BioMean", "ASW_batch", "Overall")
 LABEL_FREE_METRICS = ("iLISI", "ARI_batch", "NMI_batch", "BioBatch", "LabelFree")
-_MISSING = {"unlabelled", "unlabeled", "unknown", "nan", "none", "na", ""}
-
 
 # ----------------------------------------------------------------------------- helpers
-def label_mask(labels: pd.Series | np.ndarray) -> np.ndarray:
-    """True for cells with a usable label (not NaN, ``unlabelled``, ``unknown``)."""
-    s = pd.Series(np.asarray(labels, dtype=object))
-    return (s.notna() & ~s.astype(str).str.strip().str.lower().isin(_MISSING)).to_numpy()
 
 
 def _embedding(adata: ad.AnnData, embedding: str | np.ndarray) -> np.ndarray:
@@ -88,11 +83,7 @@ def _embedding(adata: ad.AnnData, embedding: str | np.ndarray) -> np.ndarray:
 
 
 def _obs(adata: ad.AnnData, key: str, what: str) -> np.ndarray:
-    if key not in adata.obs:
-        raise SchelixError(
-            f"{what} column '{key}' is not in adata.obs",
-            f"choose one of: {', '.join(map(str, adata.obs.columns))}",
-        )
+    require_column(adata, key, what)
     return np.asarray(adata.obs[key].astype(str))
 
 

@@ -11,7 +11,8 @@ never be modified (the hard information barrier).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from anndata import AnnData
 
 from schelix.anchors import EPS, _uns, group_moments, leiden_labels
 from schelix.errors import SchelixError
+from schelix.obs import require_column
 
 __all__ = ["MIN_BATCH_CELLS", "VariantGate", "cluster_gamma", "fit_gate"]
 
@@ -42,6 +44,9 @@ class VariantGate:
         Integer cluster of each cell in the coarse / fine clustering.
     w_low, w_high
         Mixing weights of the two resolutions.
+    cells
+        Names of the cells, in row order (optional): lets a stored gate find its cells again in
+        a freshly read AnnData (see :func:`schelix.data.prepare`).
     """
 
     variant_genes: np.ndarray
@@ -51,6 +56,38 @@ class VariantGate:
     high_labels: np.ndarray
     w_low: float = 0.5
     w_high: float = 0.5
+    cells: np.ndarray | None = None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the gate as an ``.npz`` of plain arrays (no pickles)."""
+        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
+        if self.cells is None:
+            del arrays["cells"]
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> VariantGate:
+        """Read a gate written by :meth:`save` (refuses pickled objects)."""
+        with np.load(path, allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+        names = {f.name for f in fields(cls)}
+        if (
+            not {"variant_genes", "gamma_low", "gamma_high", "low_labels", "high_labels"} <= set(a)
+            or not set(a) <= names
+        ):
+            raise SchelixError(f"{path} is not a saved variant gate", "save the model again")
+        return cls(
+            variant_genes=a["variant_genes"].astype(str),
+            gamma_low=a["gamma_low"].astype(np.float32),
+            gamma_high=a["gamma_high"].astype(np.float32),
+            low_labels=a["low_labels"].astype(np.int64),
+            high_labels=a["high_labels"].astype(np.int64),
+            w_low=float(a.get("w_low", 0.5)),
+            w_high=float(a.get("w_high", 0.5)),
+            cells=a["cells"].astype(str) if "cells" in a else None,
+        )
 
     @property
     def n_cells(self) -> int:
@@ -226,11 +263,9 @@ def fit_gate(
             "pass weights=(w_mu, w_sigma, w_var), e.g. (1/3, 1/3, 1/3)",
         )
     batch_key = batch_key or _uns(adata).get("anchor_scores", {}).get("batch_key")
-    if batch_key not in adata.obs:
-        raise SchelixError(
-            f"Batch column {batch_key!r} is not in adata.obs",
-            f"pass batch_key=, one of: {', '.join(map(repr, adata.obs.columns))}",
-        )
+    if batch_key is None:
+        raise SchelixError("No batch column given", "pass batch_key= (the obs column of batches)")
+    require_column(adata, batch_key)
     variant = (adata.var["schelix_stream"] == "variant").to_numpy()
     x = adata.X[:, variant]
     batches = pd.Categorical(adata.obs[batch_key].astype(str)).codes

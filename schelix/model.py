@@ -10,28 +10,21 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
+from schelix import data as data_step
 from schelix.config import SCHelixConfig
 from schelix.device import resolve_device
 from schelix.errors import SchelixError
+from schelix.gate import VariantGate
 from schelix.module.network import STAGES, SCHelixModule
-from schelix.train import (
-    Callback,
-    TrainData,
-    TrainState,
-    embed_all,
-    fit,
-    mixup_neighbors,
-    mnn_partners,
-    schedule,
-)
+from schelix.obs import require_column
+from schelix.train import Callback, TrainData, TrainState, embed_all, fit, schedule
 
-__all__ = ["SCHelix", "UNLABELLED"]
+__all__ = ["SCHelix"]
 
-#: Label values that mean "no label": such cells train without the supervised head.
-UNLABELLED = ("unlabelled", "unlabeled", "unknown", "Unknown", "nan", "NaN", "")
+#: Version of the saved-model folder layout (see :meth:`SCHelix.save`).
+SAVE_FORMAT = 2
 
 
 def _uns(adata: ad.AnnData) -> dict:
@@ -75,8 +68,9 @@ class SCHelix:
         self.adata = adata
         self.config = (config or SCHelixConfig()).replace(**overrides)
         self.batch_key: str = setup["batch_key"]
-        self.labels_key: str | None = setup.get("labels_key") or None
+        self.label_key: str | None = setup.get("label_key") or None
         self.module: SCHelixModule | None = None
+        self.gate: VariantGate | None = None
         self.state = TrainState()
         self.device: str | None = None
         self.seed: int | None = None
@@ -86,16 +80,10 @@ class SCHelix:
 
     # ------------------------------------------------------------------ setup
     @classmethod
-    def setup_anndata(
-        cls, adata: ad.AnnData, batch_key: str, labels_key: str | None = None
-    ) -> None:
+    def setup_anndata(cls, adata: ad.AnnData, batch_key: str, label_key: str | None = None) -> None:
         """Check and record which ``obs`` columns hold batches and (optional) cell types."""
-        for role, key in (("Batch", batch_key), ("Label", labels_key)):
-            if key is not None and key not in adata.obs:
-                raise SchelixError(
-                    f"{role} column '{key}' is not in adata.obs",
-                    f"choose one of: {', '.join(map(str, adata.obs.columns))}",
-                )
+        require_column(adata, batch_key, "Batch")
+        require_column(adata, label_key, "Label")
         n_batches = adata.obs[batch_key].nunique()
         if n_batches < 2:
             raise SchelixError(
@@ -103,73 +91,17 @@ class SCHelix:
                 "integration needs at least two batches; pick another column",
             )
         setup = {"batch_key": batch_key, "n_batches": int(n_batches)}
-        if labels_key is not None:
-            setup["labels_key"] = labels_key
+        if label_key is not None:
+            setup["label_key"] = label_key
         _uns(adata)["setup"] = setup
 
     def _prepare(self, *, training: bool = True) -> TrainData:
-        """Dense scaled matrices (variants first, anchors never gated), batches, labels and, for
-        ``training``, the MixUp kNN and the cross-batch MNN partners (embedding needs neither)."""
-        from schelix import gate as gate_mod
-
-        adata, c = self.adata, self.config
-        stream = adata.var["schelix_stream"].astype(str)
-        anchors = list(adata.var_names[stream == "anchor"])
-        variants = list(adata.var_names[stream == "variant"])
-        if not self.meta:
-            x = adata[:, variants + anchors].X
-            x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
-            mean, std = x.mean(0), x.std(0) + 1e-6
-            batches = [str(b) for b in adata.obs[self.batch_key].astype("category").cat.categories]
-            labels = []
-            if self.labels_key and c.semi_supervised:
-                labels = sorted(
-                    {str(v) for v in adata.obs[self.labels_key].astype(str)} - set(UNLABELLED)
-                )
-            self.meta = {"variants": variants, "anchors": anchors, "mean": mean, "std": std,
-                         "batches": batches, "labels": labels}  # fmt: skip
-        else:
-            variants, anchors = self.meta["variants"], self.meta["anchors"]
-            x = adata[:, variants + anchors].X
-            x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
-        x = np.clip((x - self.meta["mean"]) / self.meta["std"], -10, 10)
-        x_var, x_anc = x[:, : len(variants)], np.ascontiguousarray(x[:, len(variants) :])
-        if c.gate and c.gate_strength > 0:
-            g = gate_mod.fit_gate(
-                adata, low_res=c.gate_low_res, high_res=c.gate_high_res,
-                min_cells=c.gate_min_cells, seed=self.seed or 0,
-            )  # fmt: skip
-            order = pd.Index(g.variant_genes).get_indexer(variants)
-            x_var = x_var * (1 - c.gate_strength * g.gamma()[:, order])
-        batch = pd.Categorical(
-            adata.obs[self.batch_key].astype(str), categories=self.meta["batches"]
-        ).codes
-        labels = None
-        if self.meta["labels"]:
-            labels = torch.as_tensor(
-                pd.Categorical(
-                    adata.obs[self.labels_key].astype(str), categories=self.meta["labels"]
-                ).codes,
-                dtype=torch.long,
-            )  # unknown labels -> -1
-        neighbors = partners = None
-        if training and c.mixup:
-            pca = adata.obsm.get("X_schelix_pca")
-            if pca is None:
-                from sklearn.decomposition import PCA
-
-                pca = PCA(30, random_state=0).fit_transform(x)
-            neighbors = mixup_neighbors(np.asarray(pca)[:, :30], c.mixup_k)
-        if training and c.w_mnn_variant > 0:
-            partners = mnn_partners(x_anc, batch, k=c.mnn_k, seed=self.seed or 0)
-        return TrainData(
-            torch.as_tensor(np.ascontiguousarray(x_var, dtype=np.float32)),
-            torch.as_tensor(x_anc),
-            torch.as_tensor(batch.astype(np.int64)),
-            labels,
-            neighbors,
-            partners,
-        )
+        """The run's tensors (:func:`schelix.data.prepare`) with this model's gate and scaling."""
+        data, self.meta = data_step.prepare(
+            self.adata, self.config, batch_key=self.batch_key, label_key=self.label_key,
+            meta=self.meta or None, gate=self.gate, training=training, seed=self.seed or 0,
+        )  # fmt: skip
+        return data
 
     def _build(self) -> None:
         m = self.meta
@@ -196,6 +128,7 @@ class SCHelix:
         if self.module is None:
             self.seed = seed
             torch.manual_seed(seed)
+            self.gate = data_step.fit_gate(self.adata, self.config, seed=seed)  # once, kept
             self._data = self._prepare()
             self._build()
         elif self._data is None or not self._ready_to_train(self._data):
@@ -254,7 +187,13 @@ class SCHelix:
 
     # ------------------------------------------------------------- save/load
     def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
-        """Write ``model.pt`` (weights, optimiser, history) and ``config.json`` to ``path``."""
+        """Write the model to the folder ``path``, with no pickles anywhere.
+
+        ``model.pt`` (network weights and optimiser state, tensors only), ``model.json`` (genes,
+        batch and label categories, set-up, seed, step count, loss history), ``arrays.npz``
+        (gene scaling and the fused snapshots), ``gate.npz`` (the fitted variant gate, when the
+        gate is on) and ``config.json``.
+        """
         if self.module is None:
             raise SchelixError("There is no trained model to save", "call model.train() first")
         path = Path(path)
@@ -264,57 +203,97 @@ class SCHelix:
             )
         path.mkdir(parents=True, exist_ok=True)
         torch.save(
-            {
-                "module": self.module.state_dict(),
-                "meta": self.meta,
-                "setup": {"batch_key": self.batch_key, "labels_key": self.labels_key or ""},
-                "state": {
-                    "step": self.state.step,
-                    "history": self.state.history,
-                    "optimizer": self.state.optimizer,
-                    "seconds": self.state.seconds,
-                    "snapshots": self.state.snapshots,
-                },
-                "seed": self.seed,
-            },
+            {"module": self.module.state_dict(), "optimizer": self.state.optimizer},
             path / "model.pt",
         )
+        m = self.meta
+        info = {
+            "format": SAVE_FORMAT,
+            **{k: list(m[k]) for k in ("variants", "anchors", "batches", "labels")},
+            "setup": {"batch_key": self.batch_key, "label_key": self.label_key or ""},
+            "seed": self.seed,
+            "state": {
+                "step": self.state.step,
+                "seconds": self.state.seconds,
+                "history": self.state.history,
+            },
+        }
+        (path / "model.json").write_text(json.dumps(info))
+        snaps = {f"snapshot_{k}": v for k, v in self.state.snapshots.items()}
+        with open(path / "arrays.npz", "wb") as fh:
+            np.savez(fh, mean=m["mean"], std=m["std"], **snaps)
+        (path / "gate.npz").unlink(missing_ok=True)
+        if self.gate is not None:
+            self.gate.save(path / "gate.npz")
         (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         return path
 
     @classmethod
     def load(cls, path: str | Path, adata: ad.AnnData, *, device: str = "auto") -> SCHelix:
-        """Rebuild a saved model on ``adata`` (which must hold the same genes)."""
+        """Rebuild a saved model on ``adata`` (which must hold the same genes and cells).
+
+        Nothing is refitted: the gene scaling and the variant gate are the saved ones, so
+        :meth:`get_latent_representation` gives the embedding the model had when it was saved,
+        also on a freshly read copy of the data.
+        """
         path = Path(path)
-        if not (path / "model.pt").exists():
+        if not (path / "model.json").is_file() or not (path / "model.pt").is_file():
             raise SchelixError(
                 f"No saved scHelix model in {path}", "pass the folder that model.save() wrote"
             )
-        blob = torch.load(path / "model.pt", map_location="cpu", weights_only=False)
-        config = SCHelixConfig.from_dict(json.loads((path / "config.json").read_text()))
-        missing = set(blob["meta"]["variants"] + blob["meta"]["anchors"]) - set(adata.var_names)
+        try:
+            info = json.loads((path / "model.json").read_text())
+            config = SCHelixConfig.from_dict(json.loads((path / "config.json").read_text()))
+            blob = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+            with np.load(path / "arrays.npz", allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            gate = VariantGate.load(path / "gate.npz") if (path / "gate.npz").is_file() else None
+        except SchelixError:
+            raise
+        except Exception as err:
+            raise SchelixError(
+                f"The saved model in {path} cannot be read ({type(err).__name__}: {err})",
+                "save the model again with this version of scHelix",
+            ) from None
+        if info.get("format") != SAVE_FORMAT:
+            raise SchelixError(
+                f"The model in {path} was saved in another format ({info.get('format')})",
+                "train and save it again with this version of scHelix",
+            )
+        missing = set(info["variants"] + info["anchors"]) - set(adata.var_names)
         if missing:
             raise SchelixError(
                 f"{len(missing)} genes the model was trained on are missing from this AnnData",
                 "load the model on the preprocessed data it was trained on",
             )
-        setup = blob["setup"]
+        setup = info["setup"]
         if "setup" not in _uns(adata):
-            cls.setup_anndata(adata, setup["batch_key"], setup["labels_key"] or None)
+            cls.setup_anndata(adata, setup["batch_key"], setup["label_key"] or None)
         if "schelix_stream" not in adata.var:
-            m = blob["meta"]
             stream = pd.Series("unused", index=adata.var_names)
-            stream[m["anchors"]], stream[m["variants"]] = "anchor", "variant"
+            stream[info["anchors"]], stream[info["variants"]] = "anchor", "variant"
             adata.var["schelix_stream"] = pd.Categorical(
                 stream, categories=["anchor", "variant", "unused"]
             )
         model = cls(adata, config)
-        model.meta, model.seed = blob["meta"], blob["seed"]
+        model.meta = {
+            **{k: list(info[k]) for k in ("variants", "anchors", "batches", "labels")},
+            "mean": arrays["mean"],
+            "std": arrays["std"],
+        }
+        model.seed, model.gate = info["seed"], gate
         model._build()
         model.module.load_state_dict(blob["module"])
-        s = blob["state"]
+        s = info["state"]
+        snapshots = {
+            int(k.split("_", 1)[1]): v for k, v in arrays.items() if k.startswith("snapshot_")
+        }
         model.state = TrainState(
-            s["step"], s["history"], s["snapshots"], s["optimizer"], s["seconds"]
+            s["step"],
+            s["history"],
+            dict(sorted(snapshots.items())),
+            blob["optimizer"],
+            s["seconds"],
         )
         model.device = resolve_device(device)
         model.module.to(model.device)

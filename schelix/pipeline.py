@@ -26,7 +26,7 @@ def integrate(
     adata: ad.AnnData,
     *,
     batch_key: str,
-    labels_key: str | None = None,
+    label_key: str | None = None,
     config: SCHelixConfig | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -39,7 +39,9 @@ def integrate(
     """Run scHelix end to end on a preprocessed AnnData (in place).
 
     Scores genes (once; cached in ``var``), splits anchors/variants with the
-    config's thresholds (or at random for ablation S1), trains, and writes
+    config's thresholds (or at random for ablation S1) unless ``adata`` already holds that
+    split (then the stored ``var["schelix_stream"]`` is used as it is), trains (the variant
+    gate is fitted once, at the first step, and kept with the model), and writes
 
     - ``obsm[key_added]`` (fused) and ``obsm[key_added + "_" + stage]`` for
       ``variant``, ``variant_aligned``, ``anchor``, ``anchor_refined``;
@@ -47,7 +49,7 @@ def integrate(
     - ``uns["schelix"]["train"]``: every setting, device, seed, steps, seconds,
       snapshot steps; ``uns["schelix"]["history"]``: the loss curves.
 
-    Labels (``labels_key``) train a supervised head only with
+    Labels (``label_key``) train a supervised head only with
     ``semi_supervised=True``; otherwise they are only recorded for scoring.
     """
     from schelix import anchors
@@ -55,10 +57,10 @@ def integrate(
     cfg = (config or SCHelixConfig()).replace(**overrides)
     if "schelix_z_dom" not in adata.var or "schelix_connectivities" not in adata.obsp:
         anchors.score_genes(adata, batch_key=batch_key, seed=seed)
-    anchors.split_anchors(
-        adata, tau_dom=cfg.tau_dom, tau_str=cfg.tau_str, random=cfg.random_anchors, seed=seed
-    )
-    SCHelix.setup_anndata(adata, batch_key=batch_key, labels_key=labels_key)
+    split = {"tau_dom": cfg.tau_dom, "tau_str": cfg.tau_str, "random": cfg.random_anchors}
+    if not anchors.has_split(adata, **split, seed=seed):
+        anchors.split_anchors(adata, **split, seed=seed)
+    SCHelix.setup_anndata(adata, batch_key=batch_key, label_key=label_key)
     model = SCHelix(adata, cfg)
     t0 = time.perf_counter()
     model.train(

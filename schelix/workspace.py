@@ -303,7 +303,7 @@ def train_task(ctx: JobContext) -> str:
     model = pipeline.integrate(
         adata,
         batch_key=p["batch_key"],
-        labels_key=p.get("label_key"),
+        label_key=p.get("label_key"),
         seed=int(p.get("seed", 0)),
         device=device,
         callbacks=[Progress()],

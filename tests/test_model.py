@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pytest
 
@@ -98,6 +99,46 @@ def test_stages_and_save_load_resume(adata_split, tmp_path):
         SCHelix.load(tmp_path / "nothing", adata_split)
 
 
+def _fresh(adata):
+    """The same cells and genes as read from disk: no graph, no gate, no scores, no split."""
+    fresh = ad.AnnData(adata.X.copy(), obs=adata.obs[["batch", "cell_type"]].copy())
+    fresh.var_names = adata.var_names.copy()
+    return fresh
+
+
+def test_load_on_fresh_data_gives_the_saved_embedding_without_refitting(adata_split, tmp_path):
+    model = _model(adata_split).train(max_steps=20)
+    assert model.gate is not None and adata_split.obs["schelix_gate_low"].nunique() > 1
+    before = model.get_latent_representation()
+    model.save(tmp_path / "m")
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {
+        "model.pt", "model.json", "arrays.npz", "gate.npz", "config.json"
+    }  # fmt: skip
+    fresh = _fresh(adata_split)
+    loaded = SCHelix.load(tmp_path / "m", fresh)
+    np.testing.assert_array_equal(loaded.get_latent_representation(), before)
+    assert "schelix_gate_low" not in fresh.obs and not len(fresh.obsp)  # nothing refitted
+    np.testing.assert_array_equal(loaded.gate.gamma(), model.gate.gamma())
+    # the same cells in another order: each keeps its own gate and embedding
+    order = np.random.default_rng(0).permutation(fresh.n_obs)
+    shuffled = SCHelix.load(tmp_path / "m", _fresh(adata_split)[order].copy())
+    np.testing.assert_allclose(shuffled.get_latent_representation(), before[order], atol=1e-5)
+    # cells the gate never saw: a clear message, not a wrong embedding
+    other = _fresh(adata_split)
+    other.obs_names = [f"new{i}" for i in range(other.n_obs)]
+    with pytest.raises(SchelixError, match="not in the data the model was trained on"):
+        SCHelix.load(tmp_path / "m", other).get_latent_representation()
+
+
+def test_saved_model_holds_no_pickle(adata_split, tmp_path):
+    import pickle
+
+    _model(adata_split).train(max_steps=4).save(tmp_path / "m")
+    (tmp_path / "m" / "model.pt").write_bytes(pickle.dumps({"module": object()}))
+    with pytest.raises(SchelixError, match="cannot be read"):
+        SCHelix.load(tmp_path / "m", adata_split)
+
+
 def test_integrate_writes_documented_slots(adata_split):
     integrate(adata_split, batch_key="batch", max_steps=20, seed=1, **FAST)
     for key in ("X_schelix", "X_schelix_variant", "X_schelix_variant_aligned", "X_schelix_anchor",
@@ -113,7 +154,7 @@ def test_integrate_writes_documented_slots(adata_split):
 def test_semi_supervised_head_uses_only_labelled_cells(adata_split):
     adata_split.obs["cell_type"] = adata_split.obs["cell_type"].astype(str)
     adata_split.obs.loc[adata_split.obs_names[::2], "cell_type"] = "unlabelled"
-    SCHelix.setup_anndata(adata_split, batch_key="batch", labels_key="cell_type")
+    SCHelix.setup_anndata(adata_split, batch_key="batch", label_key="cell_type")
     model = SCHelix(adata_split, semi_supervised=True, **FAST).train(max_steps=12)
     assert "unlabelled" not in model.meta["labels"] and model.history["supervised"].notna().any()
     plain = SCHelix(adata_split, **FAST).train(max_steps=12)  # labels only score by default

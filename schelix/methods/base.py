@@ -29,6 +29,7 @@ import anndata as ad
 import numpy as np
 
 from schelix.errors import SchelixError
+from schelix.obs import require_column
 
 __all__ = [
     "ProgressCallback",
@@ -185,11 +186,7 @@ def run_method(
     the figure is a lower bound unless the method runs in a fresh process.
     """
     spec = get_method(name)
-    if batch_key not in adata.obs:
-        raise SchelixError(
-            f"Batch column '{batch_key}' is not in adata.obs",
-            f"choose one of: {', '.join(map(str, adata.obs.columns))}",
-        )
+    require_column(adata, batch_key)
     if spec.needs_counts and "counts" not in adata.layers:
         raise SchelixError(
             f"{spec.label} needs raw counts, but adata.layers['counts'] is missing",

@@ -15,6 +15,7 @@ import numpy as np
 
 from schelix.errors import SchelixError
 from schelix.methods.base import ProgressCallback, register
+from schelix.obs import require_column
 from schelix.pca import scaled_hvg_pca
 
 __all__ = ["harmony"]
@@ -69,11 +70,7 @@ def harmony(
             f"Unknown option(s) for Harmony: {', '.join(sorted(params))}",
             "choose from n_comps, theta, lamb, sigma, nclust, max_iter, epsilon",
         )
-    if batch_key not in adata.obs:
-        raise SchelixError(
-            f"Batch column '{batch_key}' is not in adata.obs",
-            f"choose one of: {', '.join(map(str, adata.obs.columns))}",
-        )
+    require_column(adata, batch_key)
     if progress is not None:
         progress(0.0, "PCA of the scaled HVGs")
     emb = scaled_hvg_pca(adata, n_comps=n_comps, seed=seed)

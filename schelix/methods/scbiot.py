@@ -40,6 +40,7 @@ import scipy.sparse as sp
 from schelix.device import resolve_device
 from schelix.errors import SchelixError
 from schelix.methods.base import ProgressCallback, register
+from schelix.obs import require_column
 
 __all__ = ["ScbiotOptions", "ScbiotResult", "cap_moves", "refine", "scbiot", "unbalanced_sinkhorn"]
 
@@ -457,11 +458,7 @@ def scbiot(
     """
     from schelix.pca import scaled_hvg_pca
 
-    if batch_key not in adata.obs:
-        raise SchelixError(
-            f"Batch column '{batch_key}' is not in adata.obs",
-            f"choose one of: {', '.join(map(str, adata.obs.columns))}",
-        )
+    require_column(adata, batch_key)
     dev = resolve_device(device)
     if progress is not None:
         progress(0.0, "scBIOT: PCA of the scaled HVGs")

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from schelix.device import resolve_device
 from schelix.errors import SchelixError, SchelixWarning
 from schelix.methods.base import ProgressCallback, register
+from schelix.obs import require_column
 
 __all__ = ["dual_resolution_clusters", "sccraft"]
 
@@ -258,11 +259,7 @@ def sccraft(
     import torch
     import torch.nn.functional as F
 
-    if batch_key not in adata.obs:
-        raise SchelixError(
-            f"Batch column '{batch_key}' is not in adata.obs",
-            f"choose one of: {', '.join(map(str, adata.obs.columns))}",
-        )
+    require_column(adata, batch_key)
     if warmup_epochs >= epochs and lambda_d > 0:
         warnings.warn(
             f"scCRAFT: warmup_epochs ({warmup_epochs}) >= epochs ({epochs}), so the "

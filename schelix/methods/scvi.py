@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from schelix.device import resolve_device
 from schelix.errors import SchelixError, SchelixWarning
 from schelix.methods.base import ProgressCallback, register
+from schelix.obs import require_column
 
 __all__ = ["ScviProgress", "hvg_copy", "quiet", "scvi", "trainer_device"]
 
@@ -81,11 +82,7 @@ def hvg_copy(adata: ad.AnnData, *, batch_key: str, layer: str | None, method: st
     The input is never modified. Without ``var["highly_variable"]`` all genes are
     used, with a :class:`~schelix.errors.SchelixWarning`.
     """
-    if batch_key not in adata.obs:
-        raise SchelixError(
-            f"Batch column '{batch_key}' is not in adata.obs",
-            f"choose one of: {', '.join(map(str, adata.obs.columns))}",
-        )
+    require_column(adata, batch_key)
     batch = adata.obs[batch_key]
     if batch.isna().any():
         raise SchelixError(

@@ -1,0 +1,168 @@
+"""The data step of scHelix: from a split AnnData to the tensors a run reads.
+
+Kept apart from the network (:mod:`schelix.module`) and the user class (:mod:`schelix.model`),
+as in scvi-tools. :func:`prepare` densifies and scales the anchor and variant genes (variants
+first), applies the fitted variant gate (:meth:`schelix.gate.VariantGate.apply`; anchors are
+never gated), encodes batches and labels and, for training, builds the kNN MixUp neighbours
+and the cross-batch MNN partners. :func:`fit_gate` fits the gate once, before the first
+training step; the model stores it with its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from schelix.config import SCHelixConfig
+from schelix.errors import SchelixError
+from schelix.gate import VariantGate
+from schelix.obs import label_mask
+from schelix.train import TrainData, mixup_neighbors, mnn_partners
+
+__all__ = ["fit_gate", "label_classes", "prepare", "stream_genes"]
+
+
+def stream_genes(adata: ad.AnnData) -> tuple[list[str], list[str]]:
+    """``(variants, anchors)``: gene names of each stream, in ``adata.var`` order."""
+    stream = adata.var["schelix_stream"].astype(str)
+    return list(adata.var_names[stream == "variant"]), list(adata.var_names[stream == "anchor"])
+
+
+def label_classes(adata: ad.AnnData, label_key: str) -> list[str]:
+    """The sorted label classes of ``obs[label_key]``, without missing labels."""
+    values = adata.obs[label_key].astype(str)
+    return sorted({str(v) for v in values[label_mask(values)]})
+
+
+def fit_gate(adata: ad.AnnData, config: SCHelixConfig, *, seed: int = 0) -> VariantGate | None:
+    """Fit the variant gate with ``config``'s settings (``None`` when the gate is off).
+
+    Needs the anchor-discovery kNN graph of :func:`schelix.anchors.score_genes`. The gate
+    remembers which cells it was fitted on, so it can be applied to them again later, on a
+    freshly read copy of the data, without refitting.
+    """
+    if not config.gate or config.gate_strength <= 0:
+        return None
+    from schelix import gate
+
+    g = gate.fit_gate(
+        adata,
+        low_res=config.gate_low_res,
+        high_res=config.gate_high_res,
+        min_cells=config.gate_min_cells,
+        seed=seed,
+    )
+    return dataclasses.replace(g, cells=adata.obs_names.to_numpy(dtype=str))
+
+
+def _dense(adata: ad.AnnData, genes: list[str]) -> np.ndarray:
+    x = adata[:, genes].X
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+
+
+def _gate_rows(gate: VariantGate, adata: ad.AnnData) -> np.ndarray | None:
+    """Which of the gate's cells the rows of ``adata`` are (``None``: the same, in order)."""
+    if gate.cells is None:
+        return None
+    names = adata.obs_names.to_numpy(dtype=str)
+    if len(names) == len(gate.cells) and (names == gate.cells).all():
+        return None
+    idx = pd.Index(gate.cells).get_indexer(names)
+    if (idx < 0).any():
+        raise SchelixError(
+            f"{int((idx < 0).sum())} cells were not in the data the model was trained on, so the "
+            "variant gate has no cluster for them",
+            "load the model on the cells it was trained on (mapping new cells is not supported "
+            "yet)",
+        )
+    return idx
+
+
+def prepare(
+    adata: ad.AnnData,
+    config: SCHelixConfig,
+    *,
+    batch_key: str,
+    label_key: str | None = None,
+    meta: dict[str, Any] | None = None,
+    gate: VariantGate | None = None,
+    training: bool = True,
+    seed: int = 0,
+) -> tuple[TrainData, dict[str, Any]]:
+    """The tensors of one run and the ``meta`` they were made with.
+
+    Parameters
+    ----------
+    adata
+        Log-normalized AnnData with ``var["schelix_stream"]``.
+    config
+        The model's settings (gate strength, MixUp, MNN term).
+    batch_key, label_key
+        ``obs`` columns of batches and (optional) labels; labels are used only with
+        ``config.semi_supervised``.
+    meta
+        Genes, scaling, batch and label categories of a fitted model; ``None`` fits them here
+        (the first training run).
+    gate
+        The fitted :class:`~schelix.gate.VariantGate`, or ``None`` for no gate.
+    training
+        Also build the MixUp kNN and the MNN partners (embedding needs neither).
+    seed
+        Random state of the MNN partners' PCA.
+    """
+    if meta is None:
+        variants, anchors = stream_genes(adata)
+        x = _dense(adata, variants + anchors)
+        batches = [str(b) for b in adata.obs[batch_key].astype("category").cat.categories]
+        labels = label_classes(adata, label_key) if label_key and config.semi_supervised else []
+        meta = {"variants": variants, "anchors": anchors, "mean": x.mean(0),
+                "std": x.std(0) + 1e-6, "batches": batches, "labels": labels}  # fmt: skip
+    else:
+        variants, anchors = meta["variants"], meta["anchors"]
+        x = _dense(adata, variants + anchors)
+    x = np.clip((x - meta["mean"]) / meta["std"], -10, 10)
+    x_var, x_anc = x[:, : len(variants)], np.ascontiguousarray(x[:, len(variants) :])
+    if gate is not None:
+        order = pd.Index(gate.variant_genes).get_indexer(variants)
+        if len(order) != len(gate.variant_genes) or (order < 0).any():
+            raise SchelixError(
+                "The variant gate was fitted on other variant genes than the model's",
+                "fit the gate and train on the same anchor/variant split",
+            )
+        same = (order == np.arange(len(order))).all()
+        x_var = gate.apply(
+            x_var if same else x_var[:, np.argsort(order)],
+            strength=config.gate_strength,
+            idx=_gate_rows(gate, adata),
+        )
+        x_var = x_var if same else x_var[:, order]
+    batch = pd.Categorical(adata.obs[batch_key].astype(str), categories=meta["batches"]).codes
+    labels = None
+    if meta["labels"]:
+        codes = pd.Categorical(adata.obs[label_key].astype(str), categories=meta["labels"]).codes
+        labels = torch.as_tensor(codes, dtype=torch.long)  # missing labels -> -1
+    neighbors = partners = None
+    if training and config.mixup:
+        pca = adata.obsm.get("X_schelix_pca")
+        if pca is None:
+            from sklearn.decomposition import PCA
+
+            pca = PCA(30, random_state=0).fit_transform(x)
+        neighbors = mixup_neighbors(np.asarray(pca)[:, :30], config.mixup_k)
+    if training and config.w_mnn_variant > 0:
+        partners = mnn_partners(x_anc, batch, k=config.mnn_k, seed=seed)
+    data = TrainData(
+        torch.as_tensor(np.ascontiguousarray(x_var, dtype=np.float32)),
+        torch.as_tensor(x_anc),
+        torch.as_tensor(batch.astype(np.int64)),
+        labels,
+        neighbors,
+        partners,
+    )
+    return data, meta
