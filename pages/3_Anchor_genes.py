@@ -7,6 +7,7 @@ import streamlit as st
 
 import pages as ui
 from schelix import anchors, evaluate, plots, report
+from schelix.gene_profile import gene_profile
 
 ui.setup("Anchor genes")
 ws = ui.require(ui.workspace(), "anchors")
@@ -116,7 +117,7 @@ gene = st.selectbox(
 )
 if gene:
     with ui.guard(f"Profile of {gene}"):
-        profile = anchors.gene_profile(adata, gene, batch_key=batch_key)
+        profile = gene_profile(adata, gene, batch_key=batch_key)
         st.plotly_chart(plots.gene_profile(profile, gene), key="profile_plot")
         st.caption(
             "High bars that differ between batches push a gene right (batch-sensitive); "

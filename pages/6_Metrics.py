@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import pages as ui
-from schelix import jobs, plots, report
+from schelix import evaluate, jobs, plots, report
 from schelix.methods import available_methods, get_method
 
 ui.setup("Metrics")
@@ -19,7 +19,8 @@ if label_key:
         "The paper's scores, higher is better: **ASW_ct** (cell types form compact groups), "
         "**GC** (each type stays connected), **ARI** / **NMI** (clusters match the cell types), "
         "**BioMean** (their mean: biology kept), **ASW_batch** (batches mixed within each type) and "
-        "**Overall** = 0.4 ASW_batch + 0.6 BioMean. Below them the standard scib-metrics table."
+        f"the aggregate **{evaluate.OVERALL_FORMULA}**. Below them the standard scib-metrics "
+        "table."
     )
 else:
     st.info(

@@ -8,7 +8,6 @@ enough for a slider) and ``split_anchors`` writes the anchor/variant split.
 
 from __future__ import annotations
 
-import difflib
 import warnings
 
 import numpy as np
@@ -17,20 +16,21 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from schelix.errors import SchelixError, SchelixWarning
+from schelix.groups import EPS, group_moments, leiden_labels
 from schelix.obs import require_column
 from schelix.preprocess import hvg_mask
 
 __all__ = [
     "STREAMS",
-    "gene_profile",
+    "domain_sensitivity",
     "has_split",
     "quadrant",
     "score_genes",
     "split_anchors",
+    "structure_separability",
     "suggest_thresholds",
 ]
 
-EPS = 1e-8
 STREAMS = ("anchor", "variant", "unused")
 _SCORE_COLS = ("schelix_s_dom", "schelix_z_dom", "schelix_s_str", "schelix_z_str")
 
@@ -52,52 +52,45 @@ def _check_batch(adata: AnnData, batch_key: str) -> pd.Categorical:
     return batch
 
 
-def indicator(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
-    """Sparse ``n_groups x n_cells`` one-hot matrix of integer group codes (for group sums)."""
-    n = len(codes)
-    return sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_groups, n))
-
-
-def group_moments(
-    x: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-group cell counts, sums and sums of squares of every column, sparse-aware.
-
-    Returns ``(n, s1, s2)`` with shapes ``(n_groups,)``, ``(n_groups, G)``, ``(n_groups, G)``
-    in float64. Only indicator-matrix products are used, so a sparse ``x`` stays sparse.
-    """
-    ind = indicator(codes, n_groups)
-    x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, np.float64)
-    sq = x.multiply(x) if sp.issparse(x) else x * x
-    s1, s2 = ind @ x, ind @ sq
-    s1 = s1.toarray() if sp.issparse(s1) else np.asarray(s1)
-    s2 = s2.toarray() if sp.issparse(s2) else np.asarray(s2)
-    return np.asarray(ind.sum(axis=1)).ravel(), s1, s2
-
-
 def _zscore(s: np.ndarray) -> np.ndarray:
     sd = s.std()
     return (s - s.mean()) / sd if sd > 0 else np.zeros_like(s)
 
 
-def leiden_labels(conn: sp.spmatrix, *, resolution: float, seed: int) -> pd.Categorical:
-    """Leiden (igraph flavour, seeded) on a connectivity graph; labels ``"0", "1", ...``."""
-    import scanpy as sc
+def _moments(x: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of every gene over all cells."""
+    n, tot1, tot2 = group_moments(x, np.zeros(x.shape[0], dtype=int), 1)
+    mu = tot1[0] / n[0]
+    return mu, np.sqrt(np.maximum(tot2[0] / n[0] - mu**2, 0.0))
 
-    tmp = AnnData(obs=pd.DataFrame(index=[str(i) for i in range(conn.shape[0])]))
-    sc.tl.leiden(
-        tmp,
-        resolution=resolution,
-        adjacency=conn,
-        flavor="igraph",
-        n_iterations=2,
-        directed=False,
-        random_state=seed,
-        key_added="c",
-    )
-    return pd.Categorical(
-        tmp.obs["c"].astype(str), categories=sorted(tmp.obs["c"].astype(str).unique(), key=int)
-    )
+
+def domain_sensitivity(x: sp.spmatrix, batch: np.ndarray, n_batches: int) -> np.ndarray:
+    """Eq. 1: ``s_dom(g) = mean_b |mu_b(g) - mu(g)| / (sd(g) + eps)`` over the batches present.
+
+    ``x`` is cells x genes (log-normalized, sparse), ``batch`` each cell's integer batch code.
+    Indicator-matrix products only, so ``x`` stays sparse.
+    """
+    mu_all, sd_all = _moments(x)
+    nb, sb, _ = group_moments(x, batch, n_batches)
+    mu_b = sb / np.maximum(nb, 1)[:, None]
+    return np.abs(mu_b[nb > 0] - mu_all).mean(axis=0) / (sd_all + EPS)
+
+
+def structure_separability(x: sp.spmatrix, clusters: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Eq. 2: one-way ANOVA variance ratio (mean squares) of every gene across pseudo-clusters.
+
+    ``s_str(g) = [SS_between / (K - 1)] / [SS_within / (N - K) + eps]`` with ``K`` clusters
+    (integer codes ``clusters``) and ``N`` cells.
+    """
+    n_cells, k = x.shape[0], n_clusters
+    mu_all, _ = _moments(x)
+    nc, sc1, sc2 = group_moments(x, clusters, k)
+    mu_c = sc1 / np.maximum(nc, 1)[:, None]
+    ss_between = (nc[:, None] * (mu_c - mu_all) ** 2).sum(axis=0)
+    ss_within = np.maximum(sc2 - sc1 * mu_c, 0.0).sum(axis=0)
+    var_between = ss_between / max(k - 1, 1)
+    var_within = ss_within / max(n_cells - k, 1)
+    return var_between / (var_within + EPS)
 
 
 def score_genes(
@@ -160,13 +153,8 @@ def score_genes(
             "use more cells/genes (anchor discovery needs a real HVG pool)",
         )
 
-    # Eq. 1: domain sensitivity from per-batch means (indicator products, stays sparse)
-    _, tot1, tot2 = group_moments(x, np.zeros(n_cells, dtype=int), 1)
-    mu_all = tot1[0] / n_cells
-    sd_all = np.sqrt(np.maximum(tot2[0] / n_cells - mu_all**2, 0.0))
-    nb, sb, _ = group_moments(x, batch.codes.astype(int), len(batch.categories))
-    mu_b = sb / np.maximum(nb, 1)[:, None]
-    s_dom = np.abs(mu_b[nb > 0] - mu_all).mean(axis=0) / (sd_all + EPS)
+    sd_all = _moments(x)[1]  # per-gene SD: scales the PCA input below
+    s_dom = domain_sensitivity(x, batch.codes.astype(int), len(batch.categories))
 
     # pseudo-clusters: PCA (scaled HVGs) -> kNN -> Leiden
     n_comps = int(min(n_pcs, n_hvg - 1, n_cells - 1))
@@ -196,15 +184,8 @@ def score_genes(
     clusters = leiden_labels(adata.obsp["schelix_connectivities"], resolution=resolution, seed=seed)
     adata.obs["schelix_pseudo_cluster"] = pd.Series(clusters, index=adata.obs_names)
 
-    # Eq. 2: one-way ANOVA variance ratio (mean squares) across pseudo-clusters
     k = len(clusters.categories)
-    nc, sc1, sc2 = group_moments(x, clusters.codes.astype(int), k)
-    mu_c = sc1 / np.maximum(nc, 1)[:, None]
-    ss_between = (nc[:, None] * (mu_c - mu_all) ** 2).sum(axis=0)
-    ss_within = np.maximum(sc2 - sc1 * mu_c, 0.0).sum(axis=0)
-    var_between = ss_between / max(k - 1, 1)
-    var_within = ss_within / max(n_cells - k, 1)
-    s_str = var_between / (var_within + EPS)
+    s_str = structure_separability(x, clusters.codes.astype(int), k)
 
     z_dom, z_str = _zscore(s_dom), _zscore(np.log(s_str + EPS))
     for col, vals in zip(_SCORE_COLS, (s_dom, z_dom, s_str, z_str)):
@@ -368,60 +349,3 @@ def has_split(
         and bool(rec["random"]) == bool(random)
     )
     return same and (not random or int(rec["seed"]) == int(seed))
-
-
-def _summary(x: np.ndarray, groups: pd.Categorical, name: str) -> pd.DataFrame:
-    df = pd.DataFrame({"x": x, name: groups})
-    g = df.groupby(name, observed=False)["x"]
-    out = pd.DataFrame(
-        {
-            "n_cells": g.size(),
-            "mean": g.mean(),
-            "std": g.std(ddof=0),
-            "frac_expressing": g.apply(lambda v: float((v > 0).mean()) if len(v) else np.nan),
-        }
-    )
-    return out
-
-
-def gene_profile(adata: AnnData, gene: str, *, batch_key: str) -> dict[str, pd.DataFrame]:
-    """Why a gene sits where it does: its expression per batch and per pseudo-cluster.
-
-    Returns
-    -------
-    dict with ``"per_batch"`` and ``"per_cluster"`` (n_cells, mean, std, frac_expressing),
-    ``"cluster_by_batch"`` (mean expression, pseudo-cluster x batch) and ``"scores"`` (one row:
-    the gene's scores, stream and HVG flag).
-    """
-    names = adata.var_names
-    if gene not in names:
-        lower = {n.lower(): n for n in names}
-        if gene.lower() not in lower:
-            close = difflib.get_close_matches(gene, list(names), n=5)
-            raise SchelixError(
-                f"Gene {gene!r} is not in adata.var_names",
-                f"did you mean: {', '.join(close)}" if close else "check the spelling",
-            )
-        gene = lower[gene.lower()]
-    if "schelix_pseudo_cluster" not in adata.obs:
-        raise SchelixError("Pseudo-clusters are missing", "run schelix.anchors.score_genes first")
-    batch = _check_batch(adata, batch_key)
-    col = adata[:, gene].X
-    x = np.asarray(col.toarray() if sp.issparse(col) else col, dtype=np.float64).ravel()
-    clusters = pd.Categorical(adata.obs["schelix_pseudo_cluster"])
-    pivot = pd.DataFrame({"x": x, "cluster": clusters, "batch": batch}).pivot_table(
-        index="cluster", columns="batch", values="x", aggfunc="mean", observed=False
-    )
-    row = {c: float(adata.var.at[gene, c]) for c in _SCORE_COLS if c in adata.var}
-    row["stream"] = (
-        str(adata.var.at[gene, "schelix_stream"]) if "schelix_stream" in adata.var else ""
-    )
-    row["highly_variable"] = (
-        bool(adata.var.at[gene, "highly_variable"]) if "highly_variable" in adata.var else True
-    )
-    return {
-        "per_batch": _summary(x, batch, "batch"),
-        "per_cluster": _summary(x, clusters, "cluster"),
-        "cluster_by_batch": pivot,
-        "scores": pd.DataFrame([row], index=[gene]),
-    }

@@ -14,7 +14,8 @@ per-cell-type ``1 - |s_batch|`` (``scib_metrics.silhouette_batch``); ``GC`` is
 ``scib_metrics.graph_connectivity`` on the k = 15 graph (directed kNN graph, strongly connected
 components, as scib-metrics does); ``ARI`` / ``NMI`` are the best values over the Leiden sweep
 (each maximised separately).
-``BioMean = mean(ASW_ct, ARI, NMI, GC)`` and ``Overall = 0.4 ASW_batch + 0.6 BioMean``.
+``BioMean`` and ``Overall`` are :data:`OVERALL_FORMULA` (:func:`overall`). The scib-metrics
+``Benchmarker`` table is :func:`schelix.benchmarker.scib_benchmark`.
 
 Without labels, :func:`label_free_score` follows the scCRAFT paper: each batch is clustered on
 its own (scaled-HVG PCA of that batch alone, Leiden 0.5) and the integrated Leiden clustering,
@@ -28,7 +29,6 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from dataclasses import fields
 from types import SimpleNamespace
 
 import anndata as ad
@@ -37,12 +37,13 @@ import pandas as pd
 
 from schelix.errors import SchelixError, SchelixWarning
 from schelix.obs import label_mask, require_column
-from schelix.pca import scaled_hvg_pca, scaled_pca
+from schelix.pca import scaled_pca
 from schelix.preprocess import hvg_mask
 
 __all__ = [
     "EVAL_DIMS",
     "N_NEIGHBORS",
+    "OVERALL_FORMULA",
     "RESOLUTIONS",
     "anchor_diagnostic",
     "batch_clusters",
@@ -50,7 +51,7 @@ __all__ = [
     "evaluate",
     "label_free_score",
     "label_mask",
-    "scib_benchmark",
+    "overall",
     "score",
 ]
 
@@ -58,6 +59,15 @@ EVAL_DIMS = 64
 N_NEIGHBORS = 15
 RESOLUTIONS = tuple(round(0.1 * i, 1) for i in range(1, 21))
 LABEL_METRICS = ("ASW_ct", "GC", "ARI", "NMI", "BioMean", "ASW_batch", "Overall")
+#: The paper's aggregate score, in words (recorded with every metrics table).
+OVERALL_FORMULA = "Overall = 0.4 ASW_batch + 0.6 BioMean, BioMean = mean(ASW_ct, ARI, NMI, GC)"
+
+
+def overall(asw_batch: float, bio_mean: float) -> float:
+    """The paper's aggregate score (:data:`OVERALL_FORMULA`)."""
+    return 0.4 * asw_batch + 0.6 * bio_mean
+
+
 LABEL_FREE_METRICS = ("iLISI", "ARI_batch", "NMI_batch", "BioBatch", "LabelFree")
 
 # ----------------------------------------------------------------------------- helpers
@@ -175,7 +185,7 @@ def _label_scores(x: np.ndarray, graph: _Graph, batch: np.ndarray, labels: np.nd
             "No cell type occurs in 2+ batches; ASW_batch is NaN", SchelixWarning, stacklevel=3
         )
         out["ASW_batch"] = float("nan")
-    out["Overall"] = 0.4 * out["ASW_batch"] + 0.6 * out["BioMean"]
+    out["Overall"] = overall(out["ASW_batch"], out["BioMean"])
     return {k: out[k] for k in LABEL_METRICS}
 
 
@@ -290,8 +300,7 @@ def evaluate(
     note = (
         "label-free (no label_key): LabelFree = 0.4 iLISI + 0.6 mean(ARI_batch, NMI_batch)"
         if label_key is None
-        else "Overall = 0.4 ASW_batch + 0.6 mean(ASW_ct, ARI, NMI, GC); PCA-64 cap, k=15, "
-        "Leiden 0.1..2.0"
+        else f"{OVERALL_FORMULA}; PCA-64 cap, k=15, Leiden 0.1..2.0"
     )
     adata.uns.setdefault("schelix", {})["metrics"] = {
         "mode": mode,
@@ -305,79 +314,6 @@ def evaluate(
         },
     }
     return df
-
-
-def _metric_config(cls: type, **flags: bool):
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in flags.items() if k in names})
-
-
-def scib_benchmark(
-    adata: ad.AnnData,
-    keys: list[str],
-    *,
-    batch_key: str,
-    label_key: str,
-    fast: bool = True,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """The scib-metrics ``Benchmarker`` table, tidy: ``embedding, metric, metric_type, value``.
-
-    Embeddings are capped at 64 dims as in :func:`score`; unlabelled cells are dropped; the
-    pre-integration reference for PCR is the scaled-HVG PCA; neighbours are exact. ``fast=True``
-    switches off kBET, BRAS and the Leiden NMI/ARI sweep (k-means NMI/ARI stay on).
-    Aggregate rows (``Batch correction``, ``Bio conservation``, ``Total``) have metric_type
-    ``Aggregate score``.
-    """
-    from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
-
-    batch, labels = _obs(adata, batch_key, "Batch"), _obs(adata, label_key, "Label")
-    mask = label_mask(labels)
-    obs = pd.DataFrame({"_batch": batch[mask], "_label": labels[mask]}, index=adata.obs_names[mask])
-    pre = scaled_hvg_pca(adata, n_comps=50, seed=seed)[mask]
-    tmp = ad.AnnData(X=pre, obs=obs)
-    tmp.obsm["_unintegrated"] = pre
-    for key in keys:
-        tmp.obsm[key] = eval_space(_embedding(adata, key), seed=seed)[mask]
-    bio = _metric_config(
-        BioConservation,
-        isolated_labels=True,
-        nmi_ari_cluster_labels_leiden=not fast,
-        nmi_ari_cluster_labels_kmeans=True,
-        silhouette_label=True,
-        clisi_knn=True,
-    )
-    bat = _metric_config(
-        BatchCorrection,
-        bras=not fast,
-        silhouette_batch=True,
-        ilisi_knn=True,
-        kbet_per_label=not fast,
-        graph_connectivity=True,
-        pcr_comparison=True,
-    )
-    bm = Benchmarker(
-        tmp,
-        batch_key="_batch",
-        label_key="_label",
-        embedding_obsm_keys=list(keys),
-        bio_conservation_metrics=bio,
-        batch_correction_metrics=bat,
-        pre_integrated_embedding_obsm_key="_unintegrated",
-        n_jobs=1,
-        progress_bar=False,
-    )
-    bm.prepare(neighbor_computer=_knn)
-    bm.benchmark()
-    res = bm.get_results(min_max_scale=False)
-    types = res.loc["Metric Type"]
-    res = res.drop(index="Metric Type")
-    long = res.reset_index(names="embedding").melt(
-        id_vars="embedding", var_name="metric", value_name="value"
-    )
-    long["metric_type"] = long["metric"].map(types)
-    long["value"] = long["value"].astype(float)
-    return long[["embedding", "metric", "metric_type", "value"]]
 
 
 def anchor_diagnostic(

@@ -19,8 +19,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from schelix.anchors import EPS, _uns, group_moments, leiden_labels
+from schelix.anchors import _uns
 from schelix.errors import SchelixError
+from schelix.groups import EPS, group_moments, leiden_labels
 from schelix.obs import require_column
 
 __all__ = ["MIN_BATCH_CELLS", "VariantGate", "cluster_gamma", "fit_gate"]

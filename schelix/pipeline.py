@@ -1,4 +1,9 @@
-"""One call from a preprocessed AnnData to an integrated one: split, gate, train, write."""
+"""One call from a preprocessed AnnData to an integrated one: split, gate, train, write.
+
+:func:`as_method` is scHelix behind the peers' interface (registered as ``"schelix"``; the
+registry in :mod:`schelix.methods.base` loads this module by name on first use), so
+comparisons treat it like any peer.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,12 @@ import anndata as ad
 import numpy as np
 
 from schelix.config import SCHelixConfig
+from schelix.methods.base import ProgressCallback, register
 from schelix.model import SCHelix
 from schelix.module.network import STAGES
-from schelix.train import Callback
+from schelix.train import Callback, StepRecord
 
-__all__ = ["integrate", "stage_key", "write_results"]
+__all__ = ["as_method", "integrate", "stage_key", "write_results"]
 
 
 def stage_key(key_added: str, stage: str) -> str:
@@ -104,3 +110,37 @@ def write_results(
         c: (hist[c].to_numpy(dtype=str) if c == "phase" else hist[c].to_numpy(dtype=np.float64))
         for c in hist.columns
     }
+
+
+# ------------------------------------------------- scHelix behind the peers' interface
+class _MethodProgress(Callback):
+    def __init__(self, progress: ProgressCallback) -> None:
+        self.progress = progress
+
+    def on_step(self, record: StepRecord) -> None:
+        if record.step % 25 == 0 or record.step == record.total_steps:
+            self.progress(record.step / record.total_steps, f"{record.phase} step {record.step}")
+
+
+@register("schelix", label="scHelix", uses_gpu=True)
+def as_method(
+    adata: ad.AnnData,
+    *,
+    batch_key: str,
+    seed: int = 0,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    **params: Any,
+) -> np.ndarray:
+    """scHelix on a copy of the HVG pool (the input AnnData is not modified).
+
+    ``params`` are :class:`schelix.SCHelixConfig` fields (and ``max_steps``).
+    """
+    from schelix.preprocess import hvg_mask
+
+    work = adata[:, hvg_mask(adata)].copy()
+    for key in [k for k in work.var if k.startswith("schelix_")]:
+        del work.var[key]  # re-score on this copy: no state leaks between runs
+    cbs = [_MethodProgress(progress)] if progress is not None else []
+    model = integrate(work, batch_key=batch_key, seed=seed, device=device, callbacks=cbs, **params)
+    return model.get_latent_representation("fused")

@@ -332,7 +332,7 @@ def train_task(ctx: JobContext) -> str:
 
 def metrics_task(ctx: JobContext) -> str:
     """Run the chosen peer methods, then score every embedding; save ``metrics.h5ad`` + CSVs."""
-    from schelix import evaluate, report
+    from schelix import benchmarker, evaluate, report
     from schelix.methods import get_method, run_method
 
     p, ws = ctx.params, _workspace(ctx)
@@ -365,7 +365,7 @@ def metrics_task(ctx: JobContext) -> str:
     (out / "scib.csv").unlink(missing_ok=True)
     if label_key:
         ctx.progress(message="scib-metrics benchmark")
-        evaluate.scib_benchmark(
+        benchmarker.scib_benchmark(
             adata, keys, batch_key=batch_key, label_key=label_key, seed=seed
         ).to_csv(out / "scib.csv", index=False)
     ctx.check_cancel()

@@ -12,6 +12,7 @@ import scanpy as sc
 from schelix import anchors
 from schelix.datasets import synthetic
 from schelix.errors import SchelixError, SchelixWarning
+from schelix.gene_profile import gene_profile
 
 
 def _prep(adata, hvg: np.ndarray | None = None):
@@ -172,7 +173,7 @@ def test_missing_hvg_column_uses_all_genes():
 
 def test_gene_profile(scored):
     gene = scored.var_names[10]
-    prof = anchors.gene_profile(scored, gene, batch_key="batch")
+    prof = gene_profile(scored, gene, batch_key="batch")
     assert set(prof) == {"per_batch", "per_cluster", "cluster_by_batch", "scores"}
     x = scored[:, gene].X.toarray().ravel()
     b = scored.obs["batch"].to_numpy()
@@ -184,9 +185,9 @@ def test_gene_profile(scored):
     assert len(prof["per_cluster"]) == scored.obs["schelix_pseudo_cluster"].nunique()
     assert prof["scores"].loc[gene, "schelix_z_dom"] == scored.var.loc[gene, "schelix_z_dom"]
     assert isinstance(prof["cluster_by_batch"], pd.DataFrame)
-    assert anchors.gene_profile(scored, gene.lower(), batch_key="batch")["scores"].index[0] == gene
+    assert gene_profile(scored, gene.lower(), batch_key="batch")["scores"].index[0] == gene
     with pytest.raises(SchelixError, match="did you mean: Gene0010"):
-        anchors.gene_profile(scored, "Gene0010x", batch_key="batch")
+        gene_profile(scored, "Gene0010x", batch_key="batch")
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from schelix import evaluate as ev
+from schelix.benchmarker import scib_benchmark
 from schelix.errors import SchelixError
 
 N_CELLS, N_TYPES = 480, 4
@@ -153,7 +154,7 @@ def test_anchor_diagnostic_on_synthetic(synthetic_pp):
 
 
 def test_scib_benchmark_fast_is_tidy(toy):
-    df = ev.scib_benchmark(
+    df = scib_benchmark(
         toy, ["X_perfect", "X_batchsplit"], batch_key="batch", label_key="cell_type", fast=True
     )
     assert list(df.columns) == ["embedding", "metric", "metric_type", "value"]

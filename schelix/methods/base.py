@@ -100,16 +100,26 @@ def register(
     return deco
 
 
+#: Modules that register a method when imported: every peer in its own module here, and
+#: scHelix itself (:func:`schelix.pipeline.as_method`), loaded by name on first lookup so the
+#: registry never depends on scHelix's training code at import time.
+BUILTIN = (
+    "schelix.methods.pca",
+    "schelix.methods.harmony",
+    "schelix.pipeline",
+    "schelix.methods.scvi",
+    "schelix.methods.sysvi",
+    "schelix.methods.sccraft",
+    "schelix.methods.scbiot",
+    "schelix.methods.scvae",
+)
+
+
 def _load_builtin() -> None:
-    # import for the side effect of registration; each peer lives in its own module
     import importlib
 
-    for mod in ("pca", "harmony", "helix", "scvi", "sysvi", "sccraft", "scbiot", "scvae"):
-        try:
-            importlib.import_module(f"schelix.methods.{mod}")
-        except ModuleNotFoundError as err:  # a peer not (yet) available
-            if err.name != f"schelix.methods.{mod}":
-                raise
+    for mod in BUILTIN:  # imported for the side effect of registration
+        importlib.import_module(mod)
 
 
 def available_methods() -> list[str]:

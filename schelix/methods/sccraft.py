@@ -21,26 +21,14 @@ from schelix.device import resolve_device
 from schelix.errors import SchelixError, SchelixWarning
 from schelix.methods.base import ProgressCallback, register
 from schelix.obs import require_column
+from schelix.preprocess import hvg_mask
 
 __all__ = ["dual_resolution_clusters", "sccraft"]
 
 
 def _hvg_matrix(adata: ad.AnnData) -> np.ndarray:
-    """Log-normalized HVGs as dense float32 (all genes, with a warning, if no HVG flag)."""
-    if "highly_variable" in adata.var:
-        mask = adata.var["highly_variable"].to_numpy(dtype=bool)
-    else:
-        warnings.warn(
-            "scCRAFT: var['highly_variable'] is missing, so all genes are used; "
-            "run schelix.pp.highly_variable first to use the shared HVG pool",
-            SchelixWarning,
-            stacklevel=3,
-        )
-        mask = np.ones(adata.n_vars, dtype=bool)
-    if mask.sum() < 2:
-        raise SchelixError(
-            "scCRAFT needs at least 2 highly variable genes", "rerun highly_variable"
-        )
+    """Log-normalized HVGs as dense float32 (the shared pool of :func:`schelix.preprocess.hvg_mask`)."""
+    mask = hvg_mask(adata)
     X = adata.X[:, mask]
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
     return np.ascontiguousarray(X, dtype=np.float32)

@@ -20,9 +20,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from schelix.device import resolve_device
-from schelix.errors import SchelixError, SchelixWarning
+from schelix.errors import SchelixError
 from schelix.methods.base import ProgressCallback, register
 from schelix.obs import require_column
+from schelix.preprocess import hvg_mask
 
 __all__ = ["ScviProgress", "hvg_copy", "quiet", "scvi", "trainer_device"]
 
@@ -79,8 +80,7 @@ def trainer_device(device: str = "auto") -> dict[str, Any]:
 def hvg_copy(adata: ad.AnnData, *, batch_key: str, layer: str | None, method: str) -> ad.AnnData:
     """A new, minimal AnnData: the HVG pool of ``layers[layer]`` (or ``X``) plus the batch column.
 
-    The input is never modified. Without ``var["highly_variable"]`` all genes are
-    used, with a :class:`~schelix.errors.SchelixWarning`.
+    The input is never modified. The pool is :func:`schelix.preprocess.hvg_mask`'s.
     """
     require_column(adata, batch_key)
     batch = adata.obs[batch_key]
@@ -89,21 +89,7 @@ def hvg_copy(adata: ad.AnnData, *, batch_key: str, layer: str | None, method: st
             f"{int(batch.isna().sum())} cells have no value in batch column '{batch_key}'",
             "fill in or remove those cells before integrating",
         )
-    if "highly_variable" in adata.var:
-        mask = adata.var["highly_variable"].to_numpy(dtype=bool)
-        if mask.sum() < 2:
-            raise SchelixError(
-                "var['highly_variable'] selects fewer than 2 genes",
-                "re-run schelix.pp.highly_variable with a larger n_top_genes",
-            )
-    else:
-        warnings.warn(
-            f"{method}: var['highly_variable'] is missing, so all {adata.n_vars} genes are used; "
-            "run schelix.pp.preprocess first to train on the shared HVG pool",
-            SchelixWarning,
-            stacklevel=3,
-        )
-        mask = np.ones(adata.n_vars, dtype=bool)
+    mask = hvg_mask(adata)  # the shared HVG pool (all genes, with a warning, without one)
     if layer is not None and layer not in adata.layers:
         raise SchelixError(
             f"{method} needs adata.layers['{layer}'], which is missing",

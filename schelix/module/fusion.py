@@ -14,9 +14,11 @@ class HyperFusion(nn.Module):
 
     A hypernetwork reads the refined anchor embedding and emits, per cell,
     rank-``r`` factors ``U, V`` that add to the static weights of a two-layer
-    MLP applied to the variant embedding (``W_l + U_l V_l^T``), and a gate
-    ``g = sigmoid(theta_gate)``. The factors are never materialised as
-    ``d x d`` matrices: ``(W + U V^T) h = W h + U (V^T h)``.
+    MLP applied to the variant embedding, and a gate ``g = sigmoid(theta_gate)``.
+    Each layer is ``(W_l + U_l V_l^T / r) h``: the low-rank term is divided by the rank ``r``
+    (not in Eq. 8), so its size does not grow with ``r`` (a sum of ``r`` rank-one terms) and
+    the per-cell update stays on the scale of ``W_l`` whatever rank is chosen. The factors are
+    never materialised as ``d x d`` matrices: ``(W + U V^T / r) h = W h + U (V^T h) / r``.
     """
 
     def __init__(
