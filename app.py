@@ -1,6 +1,8 @@
-"""scHelix Studio — home page: what the tool does, start with the demo or your own data.
+"""scHelix Studio — the entry point: navigation over the steps, and the home page.
 
-Run with ``streamlit run app.py``; the steps live in ``pages/``, in order.
+Run with ``streamlit run app.py``. The steps (``pages/``) and their order come from one list,
+:data:`studio.steps.STEPS`; this file builds ``st.navigation`` from it, runs the chosen page
+and, on the home page, shows what the tool does: start with the demo or your own data.
 """
 
 from __future__ import annotations
@@ -9,11 +11,17 @@ import datetime as dt
 
 import streamlit as st
 
-import pages as ui
 from schelix import datasets, io, pp
-from schelix.workspace import STEP_LABELS, Workspace, list_workspaces
+from studio import ui
+from studio.steps import by_key
+from studio.workspace import Workspace, list_workspaces
 
-ui.setup("Home")
+current = ui.navigation(lambda: None)  # the home page is the rest of this file
+current.run()
+if current.url_path:  # a step's page ran: nothing of the home page below
+    st.stop()
+
+ui.setup("home")
 ws = ui.workspace()
 ui.sidebar(ws)
 
@@ -61,7 +69,7 @@ with left:
                 },
             )
             ui.use_workspace(new)
-            st.switch_page(ui.PAGES["data"])
+            st.switch_page(ui.page("data"))
 with right:
     st.subheader("Bring your own data")
     st.caption(
@@ -70,7 +78,7 @@ with right:
     )
     if st.button("Upload a file", key="upload", help="Opens the upload page in a new workspace."):
         ui.use_workspace(Workspace.create(name="upload"))
-        st.switch_page(ui.PAGES["data"])
+        st.switch_page(ui.page("data"))
 
 if ws is not None:
     st.success(f"You are working in workspace `{ws.id}`. Continue with the steps in the sidebar.")
@@ -82,7 +90,7 @@ if earlier:
     st.caption("Everything you made is kept on this computer, one folder per workspace.")
     for row in earlier[:10]:
         when = dt.datetime.fromtimestamp(row["modified"]).strftime("%Y-%m-%d %H:%M")
-        done = ", ".join(STEP_LABELS[s] for s in row["steps_done"]) or "nothing yet"
+        done = ", ".join(by_key(s).title for s in row["steps_done"]) or "nothing yet"
         c1, c2 = st.columns([4, 1])
         c1.markdown(f"`{row['id']}` · {row['name'] or 'unnamed'} · {when} · done: {done}")
         if c2.button(

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 def _prepare(root: Path) -> str:
     """A workspace with the demo data preprocessed and scored (done once, not timed)."""
     from schelix import anchors, datasets, io, pp
-    from schelix.workspace import Workspace
+    from studio.workspace import Workspace
 
     ws = Workspace.create(root=root, name="benchmark")
     adata = io.read(datasets.DEMO_PATH, batch_key=datasets.DEMO_BATCH_KEY)
@@ -53,8 +53,9 @@ def main() -> None:
 
     from streamlit.testing.v1 import AppTest
 
-    from schelix import anchors, plots, report
-    from schelix.workspace import Workspace
+    from schelix import anchors
+    from studio import plots
+    from studio.workspace import Workspace
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.session_state["ws_id"] = wid
@@ -72,7 +73,7 @@ def main() -> None:
     counts = {m.label: m.value for m in at.metric}
 
     adata = Workspace.open(wid, root=root).load_adata("anchors")
-    table = report.gene_table(adata)
+    table = anchors.gene_table(adata)
     z_dom, z_str = table["z_dom"].to_numpy(), table["z_str"].to_numpy()
     n = 200
     t_mask = (

@@ -34,10 +34,8 @@ _LAZY = {
     "train": "schelix.train",
     "pipeline": "schelix.pipeline",
     "compare": "schelix.compare",
-    "report": "schelix.report",
-    "plots": "schelix.plots",
-    "jobs": "schelix.jobs",
-    "workspace": "schelix.workspace",
+    "stages": "schelix.stages",
+    "data": "schelix.data",
 }
 _LAZY_ATTR = {
     "SCHelix": ("schelix.model", "SCHelix"),

@@ -23,6 +23,7 @@ from schelix.preprocess import hvg_mask
 __all__ = [
     "STREAMS",
     "domain_sensitivity",
+    "gene_table",
     "has_split",
     "quadrant",
     "score_genes",
@@ -349,3 +350,20 @@ def has_split(
         and bool(rec["random"]) == bool(random)
     )
     return same and (not random or int(rec["seed"]) == int(seed))
+
+
+def gene_table(adata: AnnData) -> pd.DataFrame:
+    """One row per scored gene: stream, z-scores and raw scores (from :func:`score_genes`)."""
+    var = adata.var
+    cols = {
+        "schelix_z_dom": "z_dom",
+        "schelix_z_str": "z_str",
+        "schelix_s_dom": "s_dom",
+        "schelix_s_str": "s_str",
+    }
+    table = var[[c for c in cols if c in var]].rename(columns=cols)
+    table = table[np.isfinite(table["z_dom"]) & np.isfinite(table["z_str"])]
+    table.insert(0, "gene", table.index.astype(str))
+    if "schelix_stream" in var:
+        table.insert(1, "stream", var.loc[table.index, "schelix_stream"].astype(str))
+    return table.reset_index(drop=True)

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the pages import `pages` and `schelix` as Streamlit does
+sys.path.insert(0, str(ROOT))  # the pages import `studio` and `schelix` as Streamlit does
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from schelix import datasets, jobs  # noqa: E402
-from schelix.workspace import Workspace  # noqa: E402
+from schelix import datasets  # noqa: E402
+from studio import jobs  # noqa: E402
+from studio.workspace import Workspace  # noqa: E402
 
 TIMEOUT = 300
 
@@ -61,11 +62,11 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     _ok(at.button(key="demo").click().run())  # -> the Data page
     ws = Workspace.open(at.session_state["ws_id"])
     assert at.query_params["ws"] == [ws.id] or at.query_params["ws"] == ws.id
-    _page(at, "pages/1_Data.py")
+    _page(at, "pages/data.py")
     assert _metrics(at)["Cells"] == "2,000" and ws.status("data") == "done"
 
     # QC: live count per batch, then Apply
-    _page(at, "pages/2_QC.py")
+    _page(at, "pages/qc.py")
     assert at.number_input[1].value == 20.0  # max mitochondrial %: the demo's suggestion
     kept_suggested = _metrics(at)["Cells kept"]
     _ok(at.number_input[1].set_value(5.0).run())  # the paper's value: fewer cells, a faster test
@@ -74,7 +75,7 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     assert ws.status("qc") == "done" and ws.params("qc")["max_mito_pct"] == 5.0
 
     # Anchor genes: score once, move a threshold, counts follow; search; apply
-    _page(at, "pages/3_Anchor_genes.py")
+    _page(at, "pages/anchor_genes.py")
     _ok(at.button(key="score").click().run())
     before = _metrics(at)["Anchors"]
     _ok(at.slider(key="tau_dom").set_value(-0.3).run())
@@ -92,7 +93,7 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     assert ws.params("anchors")["n_anchor"] == int(after)
 
     # Train: a long run is cancelled and the app keeps working; then a short run
-    _page(at, "pages/4_Train.py")
+    _page(at, "pages/train.py")
     at.number_input(key="steps").set_value(5000)
     _ok(at.button[0].click().run())
     job = jobs.find(ws.path / "jobs" / "train")
@@ -116,7 +117,7 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     assert any("Training finished" in s.value for s in at.success)
 
     # Trajectory: five stages, colour toggle, snapshot slider
-    _page(at, "pages/5_Trajectory.py")
+    _page(at, "pages/trajectory.py")
     assert len(at.get("plotly_chart")) == 2
     _ok(at.radio(key="color_by").set_value("cell type").run())
     snaps = at.select_slider(key="snapshot").options
@@ -124,7 +125,7 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     _ok(at.select_slider(key="snapshot").set_value(snaps[0]).run())
 
     # Metrics: scHelix beside unintegrated and Harmony, in the background
-    _page(at, "pages/6_Metrics.py")
+    _page(at, "pages/metrics.py")
     assert at.multiselect(key="peers").value == ["pca", "harmony"]
     _ok(at.button(key="run_metrics").click().run())
     assert _wait_job(at, ws, "metrics", timeout=500)["status"] == "finished"
@@ -133,7 +134,7 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     assert len(frames) >= 2 and ws.status("metrics") == "done"
 
     # Export, then re-read the file
-    _page(at, "pages/7_Export.py")
+    _page(at, "pages/export.py")
     _ok(at.button(key="build_export").click().run())
     out = ws.path / "export"
     back = ad.read_h5ad(out / "schelix_integrated.h5ad")
@@ -168,19 +169,19 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     assert len(at.get("download_button")) >= 10
 
     # Changing QC now marks every later step stale, with a banner
-    _page(at, "pages/2_QC.py")
+    _page(at, "pages/qc.py")
     _ok(at.number_input[0].set_value(250).run())
     _ok(at.button[0].click().run())
     assert [ws.status(s) for s in ("anchors", "train", "metrics", "export")] == ["stale"] * 4
-    _page(at, "pages/5_Trajectory.py")  # old results are still shown, flagged
-    _page(at, "pages/4_Train.py")
+    _page(at, "pages/trajectory.py")  # old results are still shown, flagged
+    _page(at, "pages/train.py")
     assert "Anchor genes" in at.info[0].value and "stale" in at.info[0].value
 
 
 def _upload_page() -> AppTest:
     at = _ok(AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run())
     _ok(at.button(key="upload").click().run())
-    return _page(at, "pages/1_Data.py")
+    return _page(at, "pages/data.py")
 
 
 def _h5ad_bytes(adata: ad.AnnData, tmp: Path) -> bytes:

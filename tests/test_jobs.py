@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from schelix import jobs
 from schelix.errors import SchelixError
-from schelix.workspace import Workspace, list_workspaces
+from studio import jobs
+from studio.workspace import Workspace, list_workspaces
 
 HERE = Path(__file__).resolve().parent
 
 
-# ---- tasks run by the child process (imported there as "test_jobs:<name>") ----
+# ---- tasks run by the child process (it imports this module, which registers them) ----
+@jobs.task("test_quick")
 def quick_task(ctx: jobs.JobContext) -> str:
     for i in range(3):
         ctx.progress(step=i + 1, total_steps=3, losses={"total": 1.0 / (i + 1)})
@@ -25,6 +26,7 @@ def quick_task(ctx: jobs.JobContext) -> str:
     return f"done with {ctx.params['word']}"
 
 
+@jobs.task("test_loop")
 def loop_task(ctx: jobs.JobContext) -> str:
     for i in range(600):
         ctx.check_cancel()
@@ -33,18 +35,21 @@ def loop_task(ctx: jobs.JobContext) -> str:
     return "not cancelled"
 
 
+@jobs.task("test_deaf")
 def deaf_task(ctx: jobs.JobContext) -> str:
     ctx.progress(step=0)
     time.sleep(60)  # never looks at the cancel flag
     return "slept"
 
 
+@jobs.task("test_crash")
 def crash_task(ctx: jobs.JobContext) -> str:
     ctx.progress(step=0)
     os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
     return "unreachable"
 
 
+@jobs.task("test_error")
 def error_task(ctx: jobs.JobContext) -> str:
     raise SchelixError("The batch column has one batch", "choose another column")
 
@@ -61,7 +66,7 @@ def _wait_for_records(job: jobs.Job, timeout: float = 60.0) -> None:
 
 
 def test_job_runs_in_another_process_and_reports(tmp_path: Path, on_path: None) -> None:
-    job = jobs.start(tmp_path / "job", "test_jobs:quick_task", {"word": "hello"})
+    job = jobs.start(tmp_path / "job", "test_quick", {"word": "hello"})
     assert job.status()["pid"] != os.getpid()
     st = job.wait(timeout=120)
     assert st["status"] == "finished", st
@@ -71,10 +76,10 @@ def test_job_runs_in_another_process_and_reports(tmp_path: Path, on_path: None) 
 
 
 def test_cancel_stops_a_running_job(tmp_path: Path, on_path: None) -> None:
-    job = jobs.start(tmp_path / "job", "test_jobs:loop_task", {})
+    job = jobs.start(tmp_path / "job", "test_loop", {})
     _wait_for_records(job)
     with pytest.raises(SchelixError, match="already running"):
-        jobs.start(tmp_path / "job", "test_jobs:loop_task", {})
+        jobs.start(tmp_path / "job", "test_loop", {})
     job.cancel()
     st = job.wait(timeout=60)
     assert st["status"] == "cancelled", st
@@ -83,7 +88,7 @@ def test_cancel_stops_a_running_job(tmp_path: Path, on_path: None) -> None:
 
 def test_a_job_that_ignores_cancel_is_killed(tmp_path: Path, on_path: None, monkeypatch) -> None:
     monkeypatch.setattr(jobs, "CANCEL_GRACE_S", 0.2)
-    job = jobs.start(tmp_path / "job", "test_jobs:deaf_task", {})
+    job = jobs.start(tmp_path / "job", "test_deaf", {})
     _wait_for_records(job)
     job.cancel()
     time.sleep(0.5)
@@ -95,17 +100,17 @@ def test_a_job_that_ignores_cancel_is_killed(tmp_path: Path, on_path: None, monk
 
 
 def test_a_crashed_process_is_reported_as_failed(tmp_path: Path, on_path: None) -> None:
-    job = jobs.start(tmp_path / "job", "test_jobs:crash_task", {})
+    job = jobs.start(tmp_path / "job", "test_crash", {})
     st = job.wait(timeout=120)
     assert st["status"] == "failed" and "stopped unexpectedly" in st["message"]
 
 
 def test_a_schelix_error_becomes_the_message(tmp_path: Path, on_path: None) -> None:
-    st = jobs.start(tmp_path / "job", "test_jobs:error_task", {}).wait(timeout=120)
+    st = jobs.start(tmp_path / "job", "test_error", {}).wait(timeout=120)
     assert st["status"] == "failed"
     assert st["message"] == "The batch column has one batch. Fix: choose another column"
-    st = jobs.start(tmp_path / "job2", "no_such_kind", {}).wait(timeout=120)
-    assert st["status"] == "failed" and "Unknown job kind" in st["message"]
+    with pytest.raises(SchelixError, match="Unknown job kind"):  # only registered tasks run
+        jobs.start(tmp_path / "job2", "no_such_kind", {})
 
 
 def test_workspace_marks_later_steps_stale(tmp_path: Path) -> None:

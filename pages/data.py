@@ -1,4 +1,4 @@
-"""Step 1 — your data: upload a file, see what is in it, choose the batch and cell-type columns."""
+"""Your data: upload a file, see what is in it, choose the batch and cell-type columns."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import warnings
 import pandas as pd
 import streamlit as st
 
-import pages as ui
 from schelix import io, pp
-from schelix.workspace import Workspace
+from studio import ui
+from studio.workspace import Workspace
 
-ui.setup("Data")
+ui.setup("data")
 ws = ui.workspace()
 ui.sidebar(ws)
-st.title("1 · Your data")
+ui.title("data", "Your data")
 
 if ws is None:
     if st.button("Start a new workspace to upload into", type="primary"):

@@ -1,4 +1,4 @@
-"""Step 4 — train scHelix in the background, with live loss curves, progress, ETA and Cancel."""
+"""Train scHelix in the background, with live loss curves, progress, ETA and Cancel."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import time
 
 import streamlit as st
 
-import pages as ui
-from schelix import jobs, plots
 from schelix.config import ABLATIONS, config_help
+from studio import jobs, plots, ui
 
-ui.setup("Train")
+ui.setup("train")
 ws = ui.require(ui.workspace(), "train")
 ui.sidebar(ws)
-st.title("4 · Train scHelix")
+ui.title("train", "Train scHelix")
 st.markdown(
     "Training runs in a separate process: you can leave this page, reload it, or cancel; the app "
     "keeps working. It first **warms up** (the variant stream learns to *align* with the anchor "

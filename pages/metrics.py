@@ -1,17 +1,17 @@
-"""Step 5 — metrics: scHelix beside unintegrated data, Harmony and other peers, scored alike."""
+"""Metrics: scHelix beside unintegrated data, Harmony and other peers, scored alike."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-import pages as ui
-from schelix import evaluate, jobs, plots, report
+from schelix import evaluate
 from schelix.methods import available_methods, get_method
+from studio import export, jobs, plots, ui
 
-ui.setup("Metrics")
+ui.setup("metrics")
 ws = ui.require(ui.workspace(), "metrics")
 ui.sidebar(ws)
-st.title("6 · Metrics: how good is the integration?")
+ui.title("metrics", "Metrics: how good is the integration?")
 keys = ws.keys
 label_key = keys.get("label_key")
 if label_key:
@@ -101,7 +101,7 @@ def _progress() -> None:
 
 
 _progress()
-tables = report.read_metrics(ws.subdir("metrics")) if ws.status("metrics") != "todo" else {}
+tables = export.read_metrics(ws.subdir("metrics")) if ws.status("metrics") != "todo" else {}
 if "metrics" in tables:
     st.subheader("The paper's scores" if label_key else "Label-free scores")
     st.dataframe(tables["metrics"].round(3), width="stretch")
@@ -113,7 +113,7 @@ if "scib_metrics" in tables:
 if tables and ws.has_adata("metrics"):
     adata = ui.load(ws, "metrics")
     emb = {
-        report.method_label(k[: -len("_umap")]): adata.obsm[k]
+        export.method_label(k[: -len("_umap")]): adata.obsm[k]
         for k in adata.obsm
         if k.endswith("_umap")
         and k[: -len("_umap")] in adata.obsm

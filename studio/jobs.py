@@ -1,7 +1,7 @@
 """Background jobs: long steps (training, peer methods) run in their own process.
 
 :func:`start` writes ``job.json`` into a job folder and launches
-``python -m schelix.jobs <job_dir>`` in a new session, so a crash, an out-of-memory kill
+``python -m studio.jobs <job_dir>`` in a new session, so a crash, an out-of-memory kill
 or a cancel of the job never takes the app down. The child runs the registered task
 (see :data:`TASKS`), appends progress records as JSON lines to ``progress.jsonl``, stops
 when a ``cancel`` file appears, and writes ``status.json``: ``status`` in
@@ -26,7 +26,7 @@ from typing import Any
 
 from schelix.errors import SchelixError
 
-__all__ = ["TASKS", "Job", "JobCancelled", "JobContext", "find", "main", "start"]
+__all__ = ["TASKS", "Job", "JobCancelled", "JobContext", "find", "main", "start", "task"]
 
 #: Seconds after a cancel request before a job that has not stopped is killed.
 CANCEL_GRACE_S = 15.0
@@ -148,8 +148,8 @@ class Job:
 def start(job_dir: str | Path, kind: str, params: dict[str, Any]) -> Job:
     """Launch task ``kind`` with ``params`` (JSON-serialisable) in a new process.
 
-    ``kind`` is a name in :data:`TASKS` (``"train"``, ``"metrics"``) or
-    ``"package.module:function"``; the task is called with a :class:`JobContext`.
+    ``kind`` is a name registered with :func:`task` (``"train"``, ``"metrics"`` in
+    :mod:`studio.tasks`); the task is called with a :class:`JobContext`.
 
     ``job_dir`` is emptied of an earlier run's files first. Refuses (SchelixError) while a
     job is still running there.
@@ -161,13 +161,18 @@ def start(job_dir: str | Path, kind: str, params: dict[str, Any]) -> Job:
         raise SchelixError("A job is already running here", "wait for it to finish or cancel it")
     for name in ("status.json", "progress.jsonl", "cancel", "log.txt", "error.log"):
         (job_dir / name).unlink(missing_ok=True)
-    _write_json(job_dir / "job.json", {"kind": kind, "params": params, "submitted": time.time()})
+    if kind not in TASKS:
+        import studio.tasks  # noqa: F401  (registers the app's tasks)
+    if kind not in TASKS:
+        raise SchelixError(f"Unknown job kind '{kind}'", f"use one of {sorted(TASKS)}")
+    spec = {"kind": kind, "module": TASKS[kind].__module__, "params": params}
+    _write_json(job_dir / "job.json", {**spec, "submitted": time.time()})
     env = dict(os.environ)
     pkg_parent = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
     with open(job_dir / "log.txt", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "schelix.jobs", str(job_dir.resolve())],
+            [sys.executable, "-m", "studio.jobs", str(job_dir.resolve())],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -220,33 +225,40 @@ class JobContext:
         self._progress.close()
 
 
-#: Task name -> ``"module:function"``; the function gets a :class:`JobContext` and returns
-#: the final message. The app's steps live with the workspace they update.
-TASKS: dict[str, str] = {
-    "train": "schelix.workspace:train_task",
-    "metrics": "schelix.workspace:metrics_task",
-}
+#: Task name -> function: gets a :class:`JobContext`, returns the final message. Filled by
+#: :func:`task`; the app's own tasks are in :mod:`studio.tasks` (imported by the child).
+TASKS: dict[str, Callable[[JobContext], str]] = {}
 
 
-def _resolve(kind: str) -> Callable[[JobContext], str]:
-    """A name in :data:`TASKS`, or ``"package.module:function"`` for any importable task."""
+def task(name: str) -> Callable[[Callable[[JobContext], str]], Callable[[JobContext], str]]:
+    """Decorator registering a background task under ``name``."""
+
+    def deco(fn: Callable[[JobContext], str]) -> Callable[[JobContext], str]:
+        TASKS[name] = fn
+        return fn
+
+    return deco
+
+
+def _resolve(kind: str, module: str) -> Callable[[JobContext], str]:
+    """The task registered as ``kind`` by ``module`` (imported here, in the child)."""
     import importlib
 
-    kind = TASKS.get(kind, kind)
-    if ":" not in kind:
+    if module:
+        importlib.import_module(module)
+    if kind not in TASKS:
         raise SchelixError(f"Unknown job kind '{kind}'", f"use one of {sorted(TASKS)}")
-    module, name = kind.split(":", 1)
-    return getattr(importlib.import_module(module), name)
+    return TASKS[kind]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child entry point: ``python -m schelix.jobs <job_dir>``."""
+    """Child entry point: ``python -m studio.jobs <job_dir>``."""
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0])
     ctx = JobContext(path)
     ctx.set_status(status="running", pid=os.getpid(), message="running")
     try:
-        message = _resolve(ctx.spec.get("kind", ""))(ctx)
+        message = _resolve(ctx.spec.get("kind", ""), ctx.spec.get("module", ""))(ctx)
         ctx.set_status(status="finished", message=message, finished=time.time())
         return 0
     except JobCancelled:
@@ -278,4 +290,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from studio import jobs as _registry  # tasks register in the imported module, not __main__
+
+    sys.exit(_registry.main())

@@ -1,6 +1,7 @@
 """What every page of scHelix Studio shares: the workspace, the sidebar checklist, messages.
 
-(Streamlit does not list ``__init__.py`` as a page.) Pages import it as ``import pages as ui``.
+Pages import it as ``from studio import ui``. Page order, titles and links all come from
+:data:`studio.steps.STEPS`.
 """
 
 from __future__ import annotations
@@ -13,18 +14,11 @@ import anndata as ad
 import streamlit as st
 
 from schelix.errors import SchelixError
-from schelix.workspace import STEP_LABELS, STEPS, Workspace
+from studio.steps import HOME, STEPS, by_key
+from studio.workspace import Workspace
 
-PAGES = {
-    "home": "app.py",
-    "data": "pages/1_Data.py",
-    "qc": "pages/2_QC.py",
-    "anchors": "pages/3_Anchor_genes.py",
-    "train": "pages/4_Train.py",
-    "trajectory": "pages/5_Trajectory.py",
-    "metrics": "pages/6_Metrics.py",
-    "export": "pages/7_Export.py",
-}
+#: ``st.Page`` of every step, by key (filled by :func:`navigation` on every run).
+PAGES: dict[str, object] = {}
 _ICON = {
     "done": ":material/check_circle:",
     "stale": ":material/warning:",
@@ -33,11 +27,34 @@ _ICON = {
 _WORD = {"done": "done", "stale": "stale: run again", "todo": "to do"}
 
 
-def setup(title: str) -> None:
+def navigation(home: object) -> object:
+    """``st.navigation`` over :data:`~studio.steps.STEPS` (``home``: the home page's callable).
+
+    The sidebar shows :func:`sidebar`'s checklist instead of Streamlit's menu.
+    """
+    PAGES[HOME.key] = st.Page(home, title=HOME.title, icon=HOME.icon, default=True)
+    for step in STEPS:
+        PAGES[step.key] = st.Page(step.page, title=step.title, icon=step.icon, url_path=step.url)
+    return st.navigation(list(PAGES.values()), position="hidden")
+
+
+def page(key: str) -> object:
+    """The page of step ``key`` (for links and ``st.switch_page``)."""
+    return PAGES.get(key) or by_key(key).page
+
+
+def setup(key: str) -> None:
     """Page config (must come first on every page)."""
     st.set_page_config(
-        page_title=f"scHelix Studio · {title}", page_icon=":material/genetics:", layout="wide"
+        page_title=f"scHelix Studio · {by_key(key).title}",
+        page_icon=":material/genetics:",
+        layout="wide",
     )
+
+
+def title(key: str, text: str | None = None) -> None:
+    """The page heading: ``"<number> · <text>"``, numbered from :data:`~studio.steps.STEPS`."""
+    st.title(f"{by_key(key).number} · {text or by_key(key).title}")
 
 
 def workspace() -> Workspace | None:
@@ -66,7 +83,7 @@ def use_workspace(ws: Workspace) -> None:
 def sidebar(ws: Workspace | None) -> None:
     """The checklist of steps (done / stale / to do) with links."""
     with st.sidebar:
-        st.page_link(PAGES["home"], label="Home: data, earlier workspaces", icon=":material/home:")
+        st.page_link(page("home"), label="Home: data, earlier workspaces", icon=HOME.icon)
         st.markdown("### Your analysis")
         if ws is None:
             st.caption("No data yet: start on the home page.")
@@ -74,16 +91,11 @@ def sidebar(ws: Workspace | None) -> None:
         st.caption(f"Workspace `{ws.id}` {('· ' + ws.name) if ws.name else ''}")
         status = ws.statuses()
         for step in STEPS:
-            st.page_link(
-                PAGES[step],
-                label=f"{STEP_LABELS[step]} — {_WORD[status[step]]}",
-                icon=_ICON[status[step]],
-            )
-        st.page_link(
-            PAGES["trajectory"],
-            label="Trajectory (view of the training)",
-            icon=":material/timeline:",
-        )
+            if step.kept:
+                label, icon = f"{step.title} — {_WORD[status[step.key]]}", _ICON[status[step.key]]
+            else:  # a view of an earlier step's result
+                label, icon = f"{step.title} (view of the training)", step.icon
+            st.page_link(page(step.key), label=label, icon=icon)
         st.caption("Stale = an earlier step was changed after this one ran: run it again.")
 
 
@@ -91,15 +103,14 @@ def require(ws: Workspace | None, step: str) -> Workspace:
     """Stop the page with a plain message unless the steps before ``step`` are done."""
     if ws is None:
         st.info("Start on the home page: use the demo data or upload your own file.")
-        st.page_link(PAGES["home"], label="Go to the home page", icon=":material/home:")
+        st.page_link(page("home"), label="Go to the home page", icon=HOME.icon)
         st.stop()
     missing = ws.ready(step)
     if missing is not None:
         word = "is stale" if ws.status(missing) == "stale" else "is not done yet"
-        st.info(f"The step **{STEP_LABELS[missing]}** {word}; this page needs it.")
-        st.page_link(
-            PAGES[missing], label=f"Go to {STEP_LABELS[missing]}", icon=":material/arrow_forward:"
-        )
+        name = by_key(missing).title
+        st.info(f"The step **{name}** {word}; this page needs it.")
+        st.page_link(page(missing), label=f"Go to {name}", icon=":material/arrow_forward:")
         st.stop()
     return ws
 
@@ -108,7 +119,7 @@ def stale_banner(ws: Workspace, step: str) -> None:
     """A banner when this step's results were made before an earlier step changed."""
     if ws.status(step) == "stale":
         st.warning(
-            f"The **{STEP_LABELS[step]}** results shown here were made with earlier settings of a "
+            f"The **{by_key(step).title}** results shown here were made with earlier settings of a "
             "previous step. They are kept, but they no longer match: run this step again."
         )
 
@@ -152,13 +163,14 @@ def load(ws: Workspace, step: str) -> ad.AnnData:
     path = ws.adata_path(step)
     if not path.is_file():
         raise SchelixError(
-            f"The '{STEP_LABELS[step]}' step has no result yet", "run that step first"
+            f"The '{by_key(step).title}' step has no result yet", "run that step first"
         )
     return _read(str(path), path.stat().st_mtime)
 
 
-def next_link(page: str, label: str) -> None:
-    st.page_link(PAGES[page], label=label, icon=":material/arrow_forward:")
+def next_link(key: str, label: str) -> None:
+    """A link onward to step ``key``."""
+    st.page_link(page(key), label=label, icon=":material/arrow_forward:")
 
 
 def job_dir(ws: Workspace, name: str) -> Path:

@@ -1,18 +1,18 @@
-"""Step 3 — anchor genes: the discriminability–sensitivity quadrant and its two thresholds."""
+"""Anchor genes: the discriminability–sensitivity quadrant and its two thresholds."""
 
 from __future__ import annotations
 
 import numpy as np
 import streamlit as st
 
-import pages as ui
-from schelix import anchors, evaluate, plots, report
+from schelix import anchors, evaluate
 from schelix.gene_profile import gene_profile
+from studio import plots, ui
 
-ui.setup("Anchor genes")
+ui.setup("anchors")
 ws = ui.require(ui.workspace(), "anchors")
 ui.sidebar(ws)
-st.title("3 · Anchor genes")
+ui.title("anchors", "Anchor genes")
 st.markdown(
     "Each highly variable gene gets two scores. **Domain sensitivity** (x): how much its "
     "expression shifts between batches. **Structure separability** (y): how well it separates "
@@ -53,7 +53,7 @@ if not _scored():
     st.stop()
 
 adata = ui.load(ws, "anchors")
-table = report.gene_table(adata)
+table = anchors.gene_table(adata)
 applied = ws.params("anchors")
 lo = np.floor(table[["z_dom", "z_str"]].min().clip(-5, 0)).astype(float)
 hi = np.ceil(table[["z_dom", "z_str"]].max().clip(0, 10)).astype(float)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-import pages as ui
-from schelix import plots, report
+from schelix import stages
+from studio import plots, ui
 
-ui.setup("Trajectory")
+ui.setup("trajectory")
 ws = ui.require(ui.workspace(), "export")  # needs a finished training, like the export
 ui.sidebar(ws)
-st.title("5 · Trajectory: how the integration forms")
+ui.title("trajectory", "Trajectory: how the integration forms")
 st.markdown(
     "UMAPs of each stage of the model. **Variant** (the batch-sensitive genes) before and after "
     "**Align** (pulled towards the anchors), **Anchor** (the stable genes) before and after "
@@ -34,9 +34,9 @@ by = st.radio(
 colors = adata.obs[options[by]].astype(str)
 
 stages = {
-    label: adata.obsm[report.umap_key(key)]
-    for label, key in report.stage_keys(adata).items()
-    if report.umap_key(key) in adata.obsm
+    label: adata.obsm[stages.umap_key(key)]
+    for label, key in stages.stage_keys(adata).items()
+    if stages.umap_key(key) in adata.obsm
 }
 if stages:
     st.plotly_chart(plots.embeddings(stages, colors), key="stages")
@@ -45,8 +45,8 @@ else:
 
 snaps = {
     step: key
-    for step, key in report.snapshot_keys(adata).items()
-    if report.umap_key(key) in adata.obsm
+    for step, key in stages.snapshot_keys(adata).items()
+    if stages.umap_key(key) in adata.obsm
 }
 st.subheader("The fused embedding during training")
 if len(snaps) >= 1:
@@ -57,7 +57,7 @@ if len(snaps) >= 1:
         key="snapshot",
         help="Snapshots of the fused embedding taken while training.",
     )
-    panels = {f"step {step}": adata.obsm[report.umap_key(snaps[step])]}
+    panels = {f"step {step}": adata.obsm[stages.umap_key(snaps[step])]}
     if "X_schelix_umap" in adata.obsm:
         panels["final"] = adata.obsm["X_schelix_umap"]
     st.plotly_chart(plots.embeddings(panels, colors, ncols=2), key="snapshot_plot")

@@ -1,16 +1,16 @@
-"""Step 6 — export: the integrated .h5ad, gene lists, metrics, figures and the model."""
+"""Export: the integrated .h5ad, gene lists, metrics, figures and the model."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-import pages as ui
-from schelix import anchors, jobs, plots, report
+from schelix import anchors, stages
+from studio import export, jobs, plots, ui
 
-ui.setup("Export")
+ui.setup("export")
 ws = ui.require(ui.workspace(), "export")
 ui.sidebar(ws)
-st.title("7 · Export your results")
+ui.title("export", "Export your results")
 st.markdown(
     "- **Integrated data** (`.h5ad`): every embedding in `obsm` (`X_schelix` is the result, "
     "`X_umap` its UMAP so the file opens directly in cellxgene), the anchor / variant label of each "
@@ -37,12 +37,10 @@ if st.button(
 ):
     with ui.guard("Preparing the export"), st.spinner("Writing the files…"):
         adata = ui.load(ws, source)
-        tables = report.read_metrics(ws.subdir("metrics")) if use_metrics else {}
+        tables = export.read_metrics(ws.subdir("metrics")) if use_metrics else {}
         split = ws.params("anchors")
-        genes = report.gene_table(adata)
-        mask = anchors.quadrant(
-            genes["z_dom"], genes["z_str"], tau_dom=split["tau_dom"], tau_str=split["tau_str"]
-        )
+        genes = anchors.gene_table(adata)
+        mask = (genes["stream"] == "anchor").to_numpy()  # the stored split, as trained
         figures = {
             "anchor_quadrant": plots.quadrant(
                 genes, mask, tau_dom=split["tau_dom"], tau_str=split["tau_str"]
@@ -52,9 +50,9 @@ if st.button(
         if train_job is not None and train_job.records():
             figures["loss_curves"] = plots.loss_curves(train_job.records())
         stages = {
-            label: adata.obsm[report.umap_key(k)]
-            for label, k in report.stage_keys(adata).items()
-            if report.umap_key(k) in adata.obsm
+            label: adata.obsm[stages.umap_key(k)]
+            for label, k in stages.stage_keys(adata).items()
+            if stages.umap_key(k) in adata.obsm
         }
         for name, col in (("batch", keys["batch_key"]), ("cell_type", keys.get("label_key"))):
             if col and stages:
@@ -62,7 +60,7 @@ if st.button(
         for name, df in tables.items():
             figures[f"{name}_chart"] = plots.metrics_chart(df)
         params = {step: ws.params(step) for step in ("data", "qc", "anchors", "train", "metrics")}
-        files = report.export(
+        files = export.export(
             adata,
             ws.subdir("export"),
             figures=figures,

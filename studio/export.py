@@ -1,4 +1,4 @@
-"""Export: the integrated ``.h5ad`` (opens in cellxgene), gene lists, metrics and figures.
+"""The app's export: the integrated ``.h5ad`` (opens in cellxgene), gene lists, metrics and figures.
 
 Figures are written as interactive HTML (plotly's ``to_html``) and as PNG/SVG redrawn with
 matplotlib from the same figure data (:func:`to_matplotlib`), so export needs no browser.
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import platform
-import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +17,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-__all__ = [
-    "STAGES",
-    "add_umaps",
-    "export",
-    "gene_table",
-    "method_label",
-    "read_metrics",
-    "snapshot_keys",
-    "stage_keys",
-    "to_matplotlib",
-    "umap_key",
-    "versions",
-    "write_figure",
-]
+from schelix import anchors
 
-#: Stage label -> obsm key written by :func:`schelix.pipeline.integrate`.
-STAGES = {
-    "Variant": "X_schelix_variant",
-    "Variant, aligned": "X_schelix_variant_aligned",
-    "Anchor": "X_schelix_anchor",
-    "Anchor, refined": "X_schelix_anchor_refined",
-    "Fused": "X_schelix",
-}
-_SNAPSHOT = re.compile(r"^X_schelix_snapshot_(\d+)$")
+__all__ = ["export", "method_label", "read_metrics", "to_matplotlib", "versions", "write_figure"]
+
 _PACKAGES = (
     "schelix",
     "anndata",
@@ -59,85 +38,6 @@ _PACKAGES = (
     "plotly",
     "streamlit",
 )
-
-
-def stage_keys(adata: ad.AnnData) -> dict[str, str]:
-    """The stage embeddings present in ``adata.obsm`` (label -> key), in pipeline order."""
-    return {label: key for label, key in STAGES.items() if key in adata.obsm}
-
-
-def snapshot_keys(adata: ad.AnnData) -> dict[int, str]:
-    """Training step -> obsm key of each fused-embedding snapshot, by step."""
-    found = {int(m.group(1)): k for k in adata.obsm if (m := _SNAPSHOT.match(k))}
-    return dict(sorted(found.items()))
-
-
-def umap_key(key: str) -> str:
-    """Where the UMAP of ``obsm[key]`` is stored: ``obsm["<key>_umap"]``."""
-    return f"{key}_umap"
-
-
-def add_umaps(
-    adata: ad.AnnData,
-    keys: Sequence[str] | Mapping[str, str],
-    *,
-    seed: int = 0,
-    n_neighbors: int = 15,
-    min_dist: float = 0.5,
-    n_epochs: int = 200,
-    progress: Any = None,
-) -> list[str]:
-    """UMAP (umap-learn) of each ``obsm[key]`` into ``obsm["<key>_umap"]``; skips existing ones.
-
-    The fused embedding's UMAP is also written as ``obsm["X_umap"]`` (cellxgene's default).
-    ``progress(fraction, message)`` is called before each one.
-    """
-    import umap
-
-    keys = list(keys.values()) if isinstance(keys, Mapping) else list(keys)
-    done = []
-    for i, key in enumerate(keys):
-        out = umap_key(key)
-        if progress is not None:
-            progress(i / max(1, len(keys)), f"UMAP {i + 1} of {len(keys)} ({key})")
-        if out not in adata.obsm:
-            emb = np.asarray(adata.obsm[key], dtype=np.float32)
-            reducer = umap.UMAP(
-                n_neighbors=min(n_neighbors, adata.n_obs - 1),
-                min_dist=min_dist,
-                n_epochs=n_epochs,
-                random_state=seed,
-                n_jobs=1,
-            )
-            adata.obsm[out] = reducer.fit_transform(emb).astype(np.float32)
-        if key == "X_schelix":
-            adata.obsm["X_umap"] = adata.obsm[out]
-        done.append(out)
-    adata.uns.setdefault("schelix", {})["umap"] = {
-        "n_neighbors": int(n_neighbors),
-        "min_dist": float(min_dist),
-        "n_epochs": int(n_epochs),
-        "seed": int(seed),
-        "package": "umap-learn",
-    }
-    return done
-
-
-def gene_table(adata: ad.AnnData) -> pd.DataFrame:
-    """One row per scored gene: stream, z-scores and raw scores (from :mod:`schelix.anchors`)."""
-    var = adata.var
-    cols = {
-        "schelix_z_dom": "z_dom",
-        "schelix_z_str": "z_str",
-        "schelix_s_dom": "s_dom",
-        "schelix_s_str": "s_str",
-    }
-    table = var[[c for c in cols if c in var]].rename(columns=cols)
-    table = table[np.isfinite(table["z_dom"]) & np.isfinite(table["z_str"])]
-    table.insert(0, "gene", table.index.astype(str))
-    if "schelix_stream" in var:
-        table.insert(1, "stream", var.loc[table.index, "schelix_stream"].astype(str))
-    return table.reset_index(drop=True)
 
 
 def method_label(key: str) -> str:
@@ -337,7 +237,7 @@ def export(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
-    genes = gene_table(adata) if "schelix_z_dom" in adata.var else pd.DataFrame()
+    genes = anchors.gene_table(adata) if "schelix_z_dom" in adata.var else pd.DataFrame()
     if "stream" in genes:
         for stream in ("anchor", "variant"):
             files[f"{stream}_genes"] = out / f"{stream}_genes.csv"

@@ -1,7 +1,7 @@
 """Plotly figures of the app (and the export): QC, the anchor quadrant, losses, UMAPs, metrics.
 
 Every function takes data that a ``schelix`` step already computed and only draws it.
-Traces are plain scatter / bar / violin so :func:`schelix.report.to_matplotlib` can redraw
+Traces are plain scatter / bar / violin so :func:`schelix.export.to_matplotlib` can redraw
 any of them as PNG/SVG.
 """
 

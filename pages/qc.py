@@ -1,4 +1,4 @@
-"""Step 2 — quality control: per-batch QC plots, thresholds with a live count, gene selection."""
+"""Quality control: per-batch QC plots, thresholds with a live count, gene selection."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import warnings
 import pandas as pd
 import streamlit as st
 
-import pages as ui
-from schelix import plots, pp
+from schelix import pp
+from studio import plots, ui
 
-ui.setup("Quality control")
+ui.setup("qc")
 ws = ui.require(ui.workspace(), "qc")
 ui.sidebar(ws)
-st.title("2 · Quality control")
+ui.title("qc", "Quality control")
 st.markdown(
     "Damaged or empty droplets show few detected genes or many mitochondrial reads. Choose the "
     "thresholds: the count of cells kept per batch updates as you type. Then choose how many "

@@ -8,14 +8,14 @@ A workspace is a folder ``<root>/<id>`` (root: ``$SCHELIX_WORKSPACE_ROOT``, defa
 - ``<step>.h5ad``: the AnnData a step produced (``data``, ``qc``, ``anchors``, ``train``,
   ``metrics``);
 - ``uploads/`` (files the user brought), ``jobs/<name>/`` (background jobs, see
-  :mod:`schelix.jobs`) and ``export/``.
+  :mod:`studio.jobs`) and ``export/``.
 
 Applying a step marks every *done* step after it ``"stale"``: its results stay on disk and
 on screen, flagged, until the user runs it again. The state is read fresh from disk on every
 access and written atomically, so a background job and the app can both update it.
 
-:func:`train_task` and :func:`metrics_task` are the steps that run as background jobs
-(:mod:`schelix.jobs`); they record their result in the workspace themselves.
+The steps that run as background jobs are in :mod:`studio.tasks`; they record their result
+in the workspace themselves.
 """
 
 from __future__ import annotations
@@ -27,35 +27,18 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anndata as ad
 
 from schelix.errors import SchelixError
+from studio.steps import WORK_STEPS, by_key
 
-if TYPE_CHECKING:
-    from schelix.jobs import JobContext
+__all__ = ["STEPS", "Workspace", "list_workspaces", "workspace_root"]
 
-__all__ = [
-    "STEPS",
-    "STEP_LABELS",
-    "Workspace",
-    "list_workspaces",
-    "metrics_task",
-    "train_task",
-    "workspace_root",
-]
-
-#: The app's steps, in order. Each step's result depends on every step before it.
-STEPS: tuple[str, ...] = ("data", "qc", "anchors", "train", "metrics", "export")
-STEP_LABELS: dict[str, str] = {
-    "data": "Data",
-    "qc": "Quality control",
-    "anchors": "Anchor genes",
-    "train": "Train",
-    "metrics": "Metrics",
-    "export": "Export",
-}
+#: The steps whose results the workspace keeps, in order (from :data:`studio.steps.STEPS`).
+#: Each step's result depends on every step before it.
+STEPS: tuple[str, ...] = WORK_STEPS
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -234,7 +217,7 @@ class Workspace:
         path = self.adata_path(step)
         if not path.is_file():
             raise SchelixError(
-                f"The '{STEP_LABELS.get(step, step)}' step has no result yet",
+                f"The '{by_key(step).title}' step has no result yet",
                 "run that step first (see the checklist in the sidebar)",
             )
         return ad.read_h5ad(path)
@@ -265,112 +248,3 @@ def list_workspaces(*, root: str | Path | None = None) -> list[dict[str, Any]]:
             }
         )
     return sorted(out, key=lambda r: r["modified"], reverse=True)
-
-
-# ------------------------------------------------------------ steps run as background jobs
-def _workspace(ctx: JobContext) -> Workspace:
-    return Workspace(Path(ctx.params["workspace"]))
-
-
-def train_task(ctx: JobContext) -> str:
-    """Train scHelix on the workspace's anchor step; save ``train.h5ad`` (+ UMAPs) and the model."""
-    import shutil
-
-    from schelix import pipeline, report
-    from schelix.device import resolve_device
-    from schelix.train import Callback
-
-    p, ws = ctx.params, _workspace(ctx)
-    device = resolve_device(p.get("device", "auto"))
-    ctx.set_status(device=device, message="loading the data")
-    adata = ws.load_adata("anchors")
-
-    class Progress(Callback):
-        def on_step(self, record: Any) -> None:
-            ctx.progress(
-                step=record.step,
-                total_steps=record.total_steps,
-                phase=record.phase,
-                losses=dict(record.losses),
-                elapsed=record.elapsed,
-                eta=record.eta,
-            )
-
-        def should_stop(self) -> bool:
-            return ctx.should_stop()
-
-    ctx.set_status(message="training")
-    model = pipeline.integrate(
-        adata,
-        batch_key=p["batch_key"],
-        label_key=p.get("label_key"),
-        seed=int(p.get("seed", 0)),
-        device=device,
-        callbacks=[Progress()],
-        **p.get("overrides", {}),
-    )
-    ctx.check_cancel()  # a cancelled run is not kept
-    ctx.set_status(device=str(model.device), message="computing UMAPs of every stage")
-    keys = [*report.stage_keys(adata).values(), *report.snapshot_keys(adata).values()]
-
-    def umap_progress(frac: float, msg: str) -> None:
-        ctx.check_cancel()
-        ctx.set_status(message=msg)
-        ctx.progress(phase="umap", fraction=frac, message=msg)
-
-    report.add_umaps(adata, keys, seed=int(p.get("seed", 0)), progress=umap_progress)
-    ctx.check_cancel()
-    model_dir = ws.path / "model"
-    shutil.rmtree(model_dir, ignore_errors=True)
-    model.save(str(model_dir))
-    ws.save_adata("train", adata)
-    status = ws.mark_done("train", p.get("record", {}), upstream_revs=p.get("upstream_revs"))
-    return "Training finished" + (
-        " (with settings that have since changed)" if status == "stale" else ""
-    )
-
-
-def metrics_task(ctx: JobContext) -> str:
-    """Run the chosen peer methods, then score every embedding; save ``metrics.h5ad`` + CSVs."""
-    from schelix import benchmarker, evaluate, report
-    from schelix.methods import get_method, run_method
-
-    p, ws = ctx.params, _workspace(ctx)
-    adata = ws.load_adata("train")
-    batch_key, label_key, seed = p["batch_key"], p.get("label_key"), int(p.get("seed", 0))
-    methods = list(p.get("methods", []))
-    keys = ["X_schelix"]
-    for i, name in enumerate(methods):
-        label = get_method(name).label
-
-        def progress(frac: float, msg: str, i: int = i, label: str = label) -> None:
-            ctx.check_cancel()
-            ctx.progress(fraction=(i + frac) / (len(methods) + 1), message=f"{label}: {msg}")
-
-        progress(0.0, "running")
-        keys.append(
-            run_method(
-                adata,
-                name,
-                batch_key=batch_key,
-                seed=seed,
-                device=p.get("device", "auto"),
-                progress=progress,
-            ).obsm_key
-        )
-    ctx.progress(fraction=len(methods) / (len(methods) + 1), message="scoring every embedding")
-    out = ws.subdir("metrics")
-    table = evaluate.evaluate(adata, keys, batch_key=batch_key, label_key=label_key, seed=seed)
-    table.to_csv(out / "scores.csv", index=False)
-    (out / "scib.csv").unlink(missing_ok=True)
-    if label_key:
-        ctx.progress(message="scib-metrics benchmark")
-        benchmarker.scib_benchmark(
-            adata, keys, batch_key=batch_key, label_key=label_key, seed=seed
-        ).to_csv(out / "scib.csv", index=False)
-    ctx.check_cancel()
-    ctx.progress(message="UMAPs of the peers (batch mixing view)")
-    report.add_umaps(adata, keys[1:], seed=seed)
-    ws.save_adata("metrics", adata)
-    ws.mark_done("metrics", p.get("record", {}), upstream_revs=p.get("upstream_revs"))
-    return f"Scored {len(keys)} embeddings"

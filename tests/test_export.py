@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from schelix import datasets, plots, report
+from schelix import anchors, datasets, stages
+from studio import export, plots
 
 
 @pytest.fixture(scope="module")
@@ -24,30 +25,30 @@ def integrated() -> ad.AnnData:
         ~hvg, "unused", np.where(adata.var["schelix_z_dom"] <= 0, "anchor", "variant")
     )
     adata.var["schelix_stream"] = pd.Categorical(stream, categories=["anchor", "variant", "unused"])
-    for key in [*report.STAGES.values(), "X_schelix_snapshot_10", "X_schelix_snapshot_20", "X_pca"]:
+    for key in [*stages.STAGES.values(), "X_schelix_snapshot_10", "X_schelix_snapshot_20", "X_pca"]:
         adata.obsm[key] = rng.normal(size=(adata.n_obs, 8)).astype(np.float32)
-        adata.obsm[report.umap_key(key)] = rng.normal(size=(adata.n_obs, 2)).astype(np.float32)
+        adata.obsm[stages.umap_key(key)] = rng.normal(size=(adata.n_obs, 2)).astype(np.float32)
     return adata
 
 
 def test_stage_and_snapshot_keys(integrated: ad.AnnData) -> None:
-    assert list(report.stage_keys(integrated)) == list(report.STAGES)
-    assert report.snapshot_keys(integrated) == {
+    assert list(stages.stage_keys(integrated)) == list(stages.STAGES)
+    assert stages.snapshot_keys(integrated) == {
         10: "X_schelix_snapshot_10",
         20: "X_schelix_snapshot_20",
     }
-    assert report.method_label("X_schelix") == "scHelix"
-    assert report.method_label("X_pca") == "Unintegrated (PCA)"
+    assert export.method_label("X_schelix") == "scHelix"
+    assert export.method_label("X_pca") == "Unintegrated (PCA)"
 
 
 def test_gene_table_has_only_scored_genes(integrated: ad.AnnData) -> None:
-    table = report.gene_table(integrated)
+    table = anchors.gene_table(integrated)
     assert len(table) == 70 and list(table.columns[:2]) == ["gene", "stream"]
     assert set(table["stream"]) == {"anchor", "variant"}
 
 
 def _figures(adata: ad.AnnData) -> dict:
-    table = report.gene_table(adata)
+    table = anchors.gene_table(adata)
     mask = (table["stream"] == "anchor").to_numpy()
     obs = pd.DataFrame(
         {
@@ -69,14 +70,14 @@ def _figures(adata: ad.AnnData) -> dict:
     metrics = pd.DataFrame(
         {"ASW_ct": [0.6, 0.5], "Overall": [0.7, 0.6]}, index=["scHelix", "Harmony"]
     )
-    stages = {k: adata.obsm[report.umap_key(v)] for k, v in report.STAGES.items()}
+    embs = {k: adata.obsm[stages.umap_key(v)] for k, v in stages.STAGES.items()}
     return {
         "quadrant": plots.quadrant(
             table, mask, tau_dom=0.0, tau_str=0.0, highlight=[table["gene"][0]]
         ),
         "qc": plots.qc_violins(obs, batch_key="batch", thresholds={"n_genes_by_counts": 20}),
         "losses": plots.loss_curves(records),
-        "stages": plots.embeddings(stages, adata.obs["cell_type"].astype(str)),
+        "stages": plots.embeddings(embs, adata.obs["cell_type"].astype(str)),
         "metrics": plots.metrics_chart(metrics),
     }
 
@@ -84,7 +85,7 @@ def _figures(adata: ad.AnnData) -> dict:
 def test_figures_show_the_data(integrated: ad.AnnData) -> None:
     figs = _figures(integrated)
     q = figs["quadrant"]
-    n_anchor = int((report.gene_table(integrated)["stream"] == "anchor").sum())
+    n_anchor = int((anchors.gene_table(integrated)["stream"] == "anchor").sum())
     assert q.data[0].name == f"anchors ({n_anchor})" and len(q.data[0].x) == n_anchor
     assert len(q.layout.shapes) == 2  # the two threshold lines
     assert {tr.name for tr in figs["losses"].data} == {"total", "align"}
@@ -101,7 +102,7 @@ def test_export_writes_a_reopenable_h5ad_and_every_file(
     metrics = pd.DataFrame(
         {"ASW_ct": [0.6, 0.5], "mode": ["labels", "labels"]}, index=["scHelix", "PCA"]
     )
-    files = report.export(
+    files = export.export(
         integrated,
         tmp_path / "out",
         figures=_figures(integrated),

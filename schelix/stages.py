@@ -1,0 +1,84 @@
+"""The stage embeddings scHelix writes (Align -> Refine -> Fuse), their snapshots and UMAPs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+__all__ = ["STAGES", "add_umaps", "snapshot_keys", "stage_keys", "umap_key"]
+
+#: Stage label -> obsm key written by :func:`schelix.pipeline.integrate`.
+STAGES = {
+    "Variant": "X_schelix_variant",
+    "Variant, aligned": "X_schelix_variant_aligned",
+    "Anchor": "X_schelix_anchor",
+    "Anchor, refined": "X_schelix_anchor_refined",
+    "Fused": "X_schelix",
+}
+_SNAPSHOT = re.compile(r"^X_schelix_snapshot_(\d+)$")
+
+
+def stage_keys(adata: ad.AnnData) -> dict[str, str]:
+    """The stage embeddings present in ``adata.obsm`` (label -> key), in pipeline order."""
+    return {label: key for label, key in STAGES.items() if key in adata.obsm}
+
+
+def snapshot_keys(adata: ad.AnnData) -> dict[int, str]:
+    """Training step -> obsm key of each fused-embedding snapshot, by step."""
+    found = {int(m.group(1)): k for k in adata.obsm if (m := _SNAPSHOT.match(k))}
+    return dict(sorted(found.items()))
+
+
+def umap_key(key: str) -> str:
+    """Where the UMAP of ``obsm[key]`` is stored: ``obsm["<key>_umap"]``."""
+    return f"{key}_umap"
+
+
+def add_umaps(
+    adata: ad.AnnData,
+    keys: Sequence[str] | Mapping[str, str],
+    *,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.5,
+    n_epochs: int = 200,
+    progress: Any = None,
+) -> list[str]:
+    """UMAP (umap-learn) of each ``obsm[key]`` into ``obsm["<key>_umap"]``; skips existing ones.
+
+    The fused embedding's UMAP is also written as ``obsm["X_umap"]`` (cellxgene's default).
+    ``progress(fraction, message)`` is called before each one.
+    """
+    import umap
+
+    keys = list(keys.values()) if isinstance(keys, Mapping) else list(keys)
+    done = []
+    for i, key in enumerate(keys):
+        out = umap_key(key)
+        if progress is not None:
+            progress(i / max(1, len(keys)), f"UMAP {i + 1} of {len(keys)} ({key})")
+        if out not in adata.obsm:
+            emb = np.asarray(adata.obsm[key], dtype=np.float32)
+            reducer = umap.UMAP(
+                n_neighbors=min(n_neighbors, adata.n_obs - 1),
+                min_dist=min_dist,
+                n_epochs=n_epochs,
+                random_state=seed,
+                n_jobs=1,
+            )
+            adata.obsm[out] = reducer.fit_transform(emb).astype(np.float32)
+        if key == "X_schelix":
+            adata.obsm["X_umap"] = adata.obsm[out]
+        done.append(out)
+    adata.uns.setdefault("schelix", {})["umap"] = {
+        "n_neighbors": int(n_neighbors),
+        "min_dist": float(min_dist),
+        "n_epochs": int(n_epochs),
+        "seed": int(seed),
+        "package": "umap-learn",
+    }
+    return done

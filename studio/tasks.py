@@ -1,0 +1,125 @@
+"""The app's steps that run as background jobs (:mod:`studio.jobs`): training and metrics.
+
+Each is registered under a short name with :func:`studio.jobs.task`; it gets a
+:class:`~studio.jobs.JobContext` and returns the final message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from studio.jobs import JobContext, task
+from studio.workspace import Workspace
+
+__all__ = ["metrics_task", "train_task"]
+
+
+def _workspace(ctx: JobContext) -> Workspace:
+    return Workspace(Path(ctx.params["workspace"]))
+
+
+@task("train")
+def train_task(ctx: JobContext) -> str:
+    """Train scHelix on the workspace's anchor step; save ``train.h5ad`` (+ UMAPs) and the model."""
+    import shutil
+
+    from schelix import pipeline, stages
+    from schelix.device import resolve_device
+    from schelix.train import Callback
+
+    p, ws = ctx.params, _workspace(ctx)
+    device = resolve_device(p.get("device", "auto"))
+    ctx.set_status(device=device, message="loading the data")
+    adata = ws.load_adata("anchors")
+
+    class Progress(Callback):
+        def on_step(self, record: Any) -> None:
+            ctx.progress(
+                step=record.step,
+                total_steps=record.total_steps,
+                phase=record.phase,
+                losses=dict(record.losses),
+                elapsed=record.elapsed,
+                eta=record.eta,
+            )
+
+        def should_stop(self) -> bool:
+            return ctx.should_stop()
+
+    ctx.set_status(message="training")
+    model = pipeline.integrate(
+        adata,
+        batch_key=p["batch_key"],
+        label_key=p.get("label_key"),
+        seed=int(p.get("seed", 0)),
+        device=device,
+        callbacks=[Progress()],
+        **p.get("overrides", {}),
+    )
+    ctx.check_cancel()  # a cancelled run is not kept
+    ctx.set_status(device=str(model.device), message="computing UMAPs of every stage")
+    keys = [*stages.stage_keys(adata).values(), *stages.snapshot_keys(adata).values()]
+
+    def umap_progress(frac: float, msg: str) -> None:
+        ctx.check_cancel()
+        ctx.set_status(message=msg)
+        ctx.progress(phase="umap", fraction=frac, message=msg)
+
+    stages.add_umaps(adata, keys, seed=int(p.get("seed", 0)), progress=umap_progress)
+    ctx.check_cancel()
+    model_dir = ws.path / "model"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    model.save(str(model_dir))
+    ws.save_adata("train", adata)
+    status = ws.mark_done("train", p.get("record", {}), upstream_revs=p.get("upstream_revs"))
+    return "Training finished" + (
+        " (with settings that have since changed)" if status == "stale" else ""
+    )
+
+
+@task("metrics")
+def metrics_task(ctx: JobContext) -> str:
+    """Run the chosen peer methods, then score every embedding; save ``metrics.h5ad`` + CSVs."""
+    from schelix import benchmarker, evaluate, stages
+    from schelix.methods import get_method, run_method
+
+    p, ws = ctx.params, _workspace(ctx)
+    adata = ws.load_adata("train")
+    batch_key, label_key, seed = p["batch_key"], p.get("label_key"), int(p.get("seed", 0))
+    methods = list(p.get("methods", []))
+    keys = ["X_schelix"]
+    for i, name in enumerate(methods):
+        label = get_method(name).label
+
+        def progress(frac: float, msg: str, i: int = i, label: str = label) -> None:
+            ctx.check_cancel()
+            ctx.progress(fraction=(i + frac) / (len(methods) + 1), message=f"{label}: {msg}")
+
+        progress(0.0, "running")
+        keys.append(
+            run_method(
+                adata,
+                name,
+                batch_key=batch_key,
+                seed=seed,
+                device=p.get("device", "auto"),
+                progress=progress,
+            ).obsm_key
+        )
+    ctx.progress(fraction=len(methods) / (len(methods) + 1), message="scoring every embedding")
+    out = ws.subdir("metrics")
+    table = evaluate.evaluate(adata, keys, batch_key=batch_key, label_key=label_key, seed=seed)
+    table.to_csv(out / "scores.csv", index=False)
+    (out / "scib.csv").unlink(missing_ok=True)
+    if label_key:
+        ctx.progress(message="scib-metrics benchmark")
+        benchmarker.scib_benchmark(
+            adata, keys, batch_key=batch_key, label_key=label_key, seed=seed
+        ).to_csv(out / "scib.csv", index=False)
+    ctx.check_cancel()
+    ctx.progress(message="UMAPs of the peers (batch mixing view)")
+    stages.add_umaps(adata, keys[1:], seed=seed)
+    ws.save_adata("metrics", adata)
+    ws.mark_done("metrics", p.get("record", {}), upstream_revs=p.get("upstream_revs"))
+    return f"Scored {len(keys)} embeddings"
