@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from schelix import anchors, stages
+from schelix import anchors
+from schelix import stages as stage_embeddings
 from studio import export, jobs, plots, ui
 
 ui.setup("export")
@@ -50,9 +51,9 @@ if st.button(
         if train_job is not None and train_job.records():
             figures["loss_curves"] = plots.loss_curves(train_job.records())
         stages = {
-            label: adata.obsm[stages.umap_key(k)]
-            for label, k in stages.stage_keys(adata).items()
-            if stages.umap_key(k) in adata.obsm
+            label: adata.obsm[stage_embeddings.umap_key(k)]
+            for label, k in stage_embeddings.stage_keys(adata).items()
+            if stage_embeddings.umap_key(k) in adata.obsm
         }
         for name, col in (("batch", keys["batch_key"]), ("cell_type", keys.get("label_key"))):
             if col and stages:

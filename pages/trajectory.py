@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from schelix import stages
+from schelix import stages as stage_embeddings
 from studio import plots, ui
 
 ui.setup("trajectory")
@@ -34,9 +34,9 @@ by = st.radio(
 colors = adata.obs[options[by]].astype(str)
 
 stages = {
-    label: adata.obsm[stages.umap_key(key)]
-    for label, key in stages.stage_keys(adata).items()
-    if stages.umap_key(key) in adata.obsm
+    label: adata.obsm[stage_embeddings.umap_key(key)]
+    for label, key in stage_embeddings.stage_keys(adata).items()
+    if stage_embeddings.umap_key(key) in adata.obsm
 }
 if stages:
     st.plotly_chart(plots.embeddings(stages, colors), key="stages")
@@ -45,8 +45,8 @@ else:
 
 snaps = {
     step: key
-    for step, key in stages.snapshot_keys(adata).items()
-    if stages.umap_key(key) in adata.obsm
+    for step, key in stage_embeddings.snapshot_keys(adata).items()
+    if stage_embeddings.umap_key(key) in adata.obsm
 }
 st.subheader("The fused embedding during training")
 if len(snaps) >= 1:
@@ -57,7 +57,7 @@ if len(snaps) >= 1:
         key="snapshot",
         help="Snapshots of the fused embedding taken while training.",
     )
-    panels = {f"step {step}": adata.obsm[stages.umap_key(snaps[step])]}
+    panels = {f"step {step}": adata.obsm[stage_embeddings.umap_key(snaps[step])]}
     if "X_schelix_umap" in adata.obsm:
         panels["final"] = adata.obsm["X_schelix_umap"]
     st.plotly_chart(plots.embeddings(panels, colors, ncols=2), key="snapshot_plot")
