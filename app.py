@@ -57,15 +57,12 @@ with left:
             pp.qc_metrics(adata)
             new.save_adata("data", adata)
             new.set_keys(batch_key=datasets.DEMO_BATCH_KEY, label_key=datasets.DEMO_LABEL_KEY)
-            # the demo's V3 cells carry 10-25 % mitochondrial reads: the paper's 5 % would drop
-            # that whole batch, so the QC page starts at 20 % here (and says why)
             new.mark_done(
                 "data",
                 {
                     "file": "demo_pbmc_3chem.h5ad",
                     "batch_key": datasets.DEMO_BATCH_KEY,
                     "label_key": datasets.DEMO_LABEL_KEY,
-                    "qc_suggested": {"max_mito_pct": 20.0},
                 },
             )
             ui.use_workspace(new)

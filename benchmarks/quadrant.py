@@ -32,7 +32,7 @@ def _prepare(root: Path) -> str:
     ws.save_adata("data", adata)
     ws.set_keys(batch_key=datasets.DEMO_BATCH_KEY, label_key=datasets.DEMO_LABEL_KEY)
     ws.mark_done("data")
-    pre = pp.preprocess(adata, batch_key=datasets.DEMO_BATCH_KEY, max_mito_pct=20.0)
+    pre = pp.preprocess(adata, batch_key=datasets.DEMO_BATCH_KEY)
     ws.save_adata("qc", pre)
     ws.mark_done("qc")
     anchors.score_genes(pre, batch_key=datasets.DEMO_BATCH_KEY)

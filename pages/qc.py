@@ -1,13 +1,13 @@
-"""Quality control: per-batch QC plots, thresholds with a live count, gene selection."""
+"""Quality control: adaptive or fixed thresholds, the per-batch QC summary, HVGs."""
 
 from __future__ import annotations
 
 import warnings
 
-import pandas as pd
 import streamlit as st
 
 from schelix import pp
+from schelix.errors import SchelixError
 from studio import plots, ui
 
 ui.setup("qc")
@@ -15,107 +15,84 @@ ws = ui.require(ui.workspace(), "qc")
 ui.sidebar(ws)
 ui.title("qc", "Quality control")
 st.markdown(
-    "Damaged or empty droplets show few detected genes or many mitochondrial reads. Choose the "
-    "thresholds: the count of cells kept per batch updates as you type. Then choose how many "
-    "**highly variable genes (HVGs)** form the gene pool that scHelix splits into anchors and "
-    "variants."
+    "Empty or broken droplets show few counts and genes, doublets many, dying cells many "
+    "mitochondrial reads. By default each batch is judged against its own median (**adaptive**: "
+    "cells more than 5 median absolute deviations out, mitochondrial cut-off never under 10 %), "
+    "so a chemistry with more mitochondrial reads keeps its cells. The paper's **fixed** "
+    "thresholds are one click away. Then choose how many **highly variable genes (HVGs)** form "
+    "the gene pool that scHelix splits into anchors and variants."
 )
 ui.stale_banner(ws, "qc")
 batch_key = ws.keys["batch_key"]
 adata = ui.load(ws, "data")
 done = ws.params("qc")
-suggested = ws.params("data").get("qc_suggested", {})
-defaults = {
-    "min_genes": 200,
-    "min_cells": 3,
-    "max_mito_pct": 5.0,
-    "n_top_genes": 2000,
-    **suggested,
-    **done,
-}
-if suggested and not done:
-    st.info(
-        "For this dataset the thresholds start at "
-        + ", ".join(f"{k} = {v:g}" for k, v in suggested.items())
-        + " instead of the paper's defaults (200 genes, 3 cells, 5 % mitochondrial): with 5 % "
-        "one whole batch of the demo would be removed."
-    )
 
+mode = st.radio(
+    "Thresholds",
+    pp.QC_MODES,
+    index=pp.QC_MODES.index(done.get("qc", "adaptive")),
+    format_func={"adaptive": "Adaptive, per batch (default)", "fixed": "Fixed (paper)"}.get,
+    horizontal=True,
+    key="qc_mode",
+    help="Adaptive: outliers within each batch by median absolute deviations of counts, genes "
+    "and mitochondrial %. Fixed: the same cut-offs for every cell.",
+)
 c1, c2, c3, c4 = st.columns(4)
-min_genes = c1.number_input(
-    "Min genes per cell",
-    0,
-    20000,
-    int(defaults["min_genes"]),
-    step=50,
-    help="Cells with fewer detected genes are removed (empty or broken droplets). Paper: 200.",
-)
-max_mito = c2.number_input(
-    "Max mitochondrial %",
-    0.0,
-    100.0,
-    float(defaults["max_mito_pct"]),
-    step=1.0,
-    help="Cells with a higher share of reads from mitochondrial (MT-) genes are removed "
-    "(dying cells). Paper: 5 %.",
-)
+min_genes = max_mito = None
+if mode == "fixed":
+    min_genes = c1.number_input(
+        "Min genes per cell", 0, 20000, int(done.get("min_genes") or 200), step=50,
+        key="min_genes", help="Cells with fewer detected genes are removed. Paper: 200.",
+    )  # fmt: skip
+    max_mito = c2.number_input(
+        "Max mitochondrial %", 0.0, 100.0, float(done.get("max_mito_pct") or 5.0), step=1.0,
+        key="max_mito_pct", help="Cells with a higher share of mitochondrial reads are removed "
+        "(dying cells). Paper: 5 %.",
+    )  # fmt: skip
 min_cells = c3.number_input(
-    "Min cells per gene",
-    0,
-    10000,
-    int(defaults["min_cells"]),
-    step=1,
+    "Min cells per gene", 0, 10000, int(done.get("min_cells", 3)), step=1, key="min_cells",
     help="Genes detected in fewer of the kept cells are removed. Paper: 3.",
-)
+)  # fmt: skip
 n_top = c4.number_input(
-    "Highly variable genes",
-    200,
-    10000,
-    int(defaults["n_top_genes"]),
-    step=100,
-    help="Size of the HVG pool (batch-aware, seurat_v3 on counts). The anchor split divides these "
-    "genes into anchors and variants. Paper: 2,000.",
-)
+    "Highly variable genes", 200, 10000, int(done.get("n_top_genes", 2000)), step=100,
+    key="n_top_genes", help="Size of the HVG pool (batch-aware; seurat_v3 on counts). The anchor "
+    "split divides these genes into anchors and variants. Paper: 2,000.",
+)  # fmt: skip
+options = {
+    "qc": mode,
+    "min_genes": None if min_genes is None else int(min_genes),
+    "max_mito_pct": None if max_mito is None else float(max_mito),
+    "min_cells": int(min_cells),
+}
 
+blocked = False
 with ui.guard("Counting the cells kept"):
-    cell_mask, gene_mask = pp.qc_masks(
-        adata, min_genes=int(min_genes), min_cells=int(min_cells), max_mito_pct=float(max_mito)
+    summary = pp.qc_summary(adata, batch_key=batch_key, **options)
+    m1, m2 = st.columns(2)
+    m1.metric("Cells kept", f"{summary['cells_kept']:,} of {adata.n_obs:,}")
+    m2.metric("Genes kept", f"{summary['genes_kept']:,} of {adata.n_vars:,}")
+    st.dataframe(pp.summary_frame(summary), width="stretch")
+    st.caption(
+        summary["mito_note"] + ". Reason columns count cells removed for that reason (a cell "
+        "may have several)."
     )
-    batch = adata.obs[batch_key].astype(str)
-    kept = (
-        pd.DataFrame({"cells": batch.value_counts(), "kept": batch[cell_mask].value_counts()})
-        .fillna(0)
-        .astype(int)
-    )
-    kept["% kept"] = (100 * kept["kept"] / kept["cells"]).round(1)
-    m1, m2, m3 = st.columns([1, 1, 3])
-    m1.metric("Cells kept", f"{int(cell_mask.sum()):,} of {adata.n_obs:,}")
-    m2.metric("Genes kept", f"{int(gene_mask.sum()):,} of {adata.n_vars:,}")
-    m3.dataframe(kept, width="stretch")
-    if kept["% kept"].min() < 50:
-        obs = adata.obs
-        n_mito = int((obs["pct_counts_mt"] > max_mito).sum())
-        n_low = int((obs["n_genes_by_counts"] < min_genes).sum())
-        st.warning(
-            f"Fewer than half the cells of some batch pass. {n_mito:,} cells have more than "
-            f"{max_mito:g} % mitochondrial reads and {n_low:,} fewer than {min_genes} genes: if that "
-            "is normal for this tissue or protocol, loosen the matching threshold."
-        )
+    try:
+        pp.check_batches(summary)
+    except SchelixError as err:
+        blocked = True
+        st.error(str(err))
     st.plotly_chart(
         plots.qc_violins(
             adata.obs,
             batch_key=batch_key,
-            thresholds={"n_genes_by_counts": min_genes, "pct_counts_mt": max_mito},
+            thresholds={"n_genes_by_counts": min_genes, "pct_counts_mt": max_mito}
+            if mode == "fixed"
+            else {},
         ),
         key="qc_plot",
     )
 
-params = {
-    "min_genes": int(min_genes),
-    "min_cells": int(min_cells),
-    "max_mito_pct": float(max_mito),
-    "n_top_genes": int(n_top),
-}
+params = {**options, "n_top_genes": int(n_top)}
 applied = ws.status("qc") == "done" and {k: done.get(k) for k in params} == params
 if ws.status("qc") != "todo" and not applied:
     st.warning(
@@ -125,21 +102,14 @@ if ws.status("qc") != "todo" and not applied:
 if st.button(
     "Apply",
     type="primary",
-    disabled=applied,
+    disabled=applied or blocked,
     help="Filters cells and genes, normalises (counts per 10,000, log1p) and selects the "
     "HVGs. Later steps are marked stale so old and new results are never mixed.",
 ):
     with ui.guard("Quality control"), st.spinner("Filtering, normalising, selecting genes…"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = pp.preprocess(
-                adata,
-                batch_key=batch_key,
-                min_genes=params["min_genes"],
-                min_cells=params["min_cells"],
-                max_mito_pct=params["max_mito_pct"],
-                n_top_genes=params["n_top_genes"],
-            )
+            out = pp.preprocess(adata, batch_key=batch_key, **params)
         ws.save_adata("qc", out)
         ws.mark_done("qc", {**params, "cells_kept": int(out.n_obs), "genes_kept": int(out.n_vars)})
         st.session_state["qc_notes"] = [

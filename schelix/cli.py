@@ -53,6 +53,47 @@ def _add_data_args(p: argparse.ArgumentParser, *, label_required: bool = False) 
                    help="obs column with cell types (optional; used for scoring only)")  # fmt: skip
 
 
+def _add_qc_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quality control (schelix.qc)")
+    g.add_argument("--qc", default="adaptive", choices=["adaptive", "fixed"],
+                   help="adaptive (default): per-batch outliers by 5 median absolute deviations "
+                   "in counts, genes and mitochondrial %% (mito cut-off at least 10 %%); "
+                   "fixed: the paper's 200 genes and 5 %% mitochondrial")  # fmt: skip
+    g.add_argument("--min-genes", type=int, default=None,
+                   help="cells need this many detected genes (default: 200 for fixed; for "
+                   "adaptive 200 x genes measured / 20,000, at most 200)")  # fmt: skip
+    g.add_argument("--max-mito-pct", type=float, default=None,
+                   help="mitochondrial %% cut-off (default: 5 for fixed; for adaptive none "
+                   "beyond the per-batch rule, else an extra cap)")  # fmt: skip
+    g.add_argument("--min-cells", type=int, default=3, help="genes need this many kept cells")
+
+
+def _qc_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "qc": args.qc,
+        "min_genes": args.min_genes,
+        "min_cells": args.min_cells,
+        "max_mito_pct": args.max_mito_pct,
+    }
+
+
+def print_qc(adata: Any, file: Any = None) -> None:
+    """Print the per-batch QC summary of a preprocessed AnnData (as the app's QC page shows it)."""
+    from schelix.qc import summary_frame
+
+    rec = adata.uns["schelix"]["preprocess"]
+    summary = rec["qc"]
+    file = file or sys.stderr
+    print(
+        f"QC ({summary['qc']}): kept {rec['cells_kept']:,} of {rec['cells_before']:,} cells and "
+        f"{rec['genes_kept']:,} of {rec['genes_before']:,} genes",
+        file=file,
+    )
+    print(summary_frame(summary).to_string(), file=file)
+    for note in rec.get("notes", []):
+        print(f"schelix: note: {note}", file=file)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from schelix import __version__
 
@@ -84,10 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                      help="override one setting, e.g. --set tau_dom=0.2 (repeatable)")  # fmt: skip
-    run.add_argument("--min-genes", type=int, default=200)
-    run.add_argument("--min-cells", type=int, default=3)
-    run.add_argument("--max-mito-pct", type=float, default=5.0)
-    run.add_argument("--n-top-genes", type=int, default=2000)
+    _add_qc_args(run)
+    run.add_argument("--n-top-genes", type=int, default=2000, help="size of the HVG pool")
     run.add_argument("--save-model", default=None, help="folder to save the trained model in")
     run.add_argument("--no-evaluate", action="store_true", help="skip scoring the result")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -109,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--methods", nargs="+", default=["pca", "harmony", "schelix"])
     cmp_.add_argument("--seeds", nargs="+", type=int, default=[0])
     cmp_.add_argument("--device", default="auto")
-    cmp_.add_argument("--max-mito-pct", type=float, default=5.0)
+    _add_qc_args(cmp_)
     cmp_.add_argument("-o", "--output", default=None, help="CSV of the comparison table")
     cmp_.add_argument("--h5ad", default=None, help="also write the AnnData with every embedding")
     return parser
@@ -152,9 +191,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
     label_key = args.label_key if args.label_key in adata.obs else None
     adata = schelix.pp.preprocess(
-        adata, batch_key=args.batch_key, min_genes=args.min_genes, min_cells=args.min_cells,
-        max_mito_pct=args.max_mito_pct, n_top_genes=args.n_top_genes,
-    )  # fmt: skip
+        adata, batch_key=args.batch_key, n_top_genes=args.n_top_genes, **_qc_options(args)
+    )
+    print_qc(adata)
     model = integrate(
         adata, batch_key=args.batch_key, label_key=label_key, config=config, seed=args.seed,
         device=args.device, max_steps=args.steps, progress_bar=not args.quiet,
@@ -198,7 +237,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from schelix.compare import compare, summarize
 
     adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
-    adata = schelix.pp.preprocess(adata, batch_key=args.batch_key, max_mito_pct=args.max_mito_pct)
+    adata = schelix.pp.preprocess(adata, batch_key=args.batch_key, **_qc_options(args))
+    print_qc(adata)
     table = compare(
         adata, batch_key=args.batch_key, label_key=args.label_key, methods=tuple(args.methods),
         seeds=tuple(args.seeds), device=args.device,

@@ -129,6 +129,12 @@ class SCHelixConfig:
         "training",
     )
     max_epochs: int = _f(60, "Upper bound on epochs.", "training")
+    min_steps: int = _f(
+        0,
+        "Floor on training steps for small datasets (applies when max_epochs gives fewer; "
+        "max_steps still caps it).",
+        "training",
+    )
     warmup_steps: int = _f(
         3000, "Align-only warm-up steps before fusion (capped at half the run).", "training"
     )

@@ -9,15 +9,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["synthetic", "demo", "DEMO_PATH", "DEMO_BATCH_KEY", "DEMO_LABEL_KEY", "DEMO_QC"]
+__all__ = ["synthetic", "demo", "DEMO_PATH", "DEMO_BATCH_KEY", "DEMO_LABEL_KEY"]
 
 DEMO_PATH = Path(__file__).resolve().parent.parent / "assets" / "demo_pbmc_3chem.h5ad"
 DEMO_BATCH_KEY = "tech"
 DEMO_LABEL_KEY = "cell_type"
-#: QC preset for the demo. Its 10x V3 PBMCs have a median mitochondrial fraction of
-#: ~11 %, so SPEC's 5 % cut-off would keep 1 of 865 V3 cells (266 of 2,000 in all);
-#: 20 % is the usual cut-off for 10x PBMC and keeps 1,742 cells in all three batches.
-DEMO_QC = {"min_genes": 200, "min_cells": 3, "max_mito_pct": 20.0}
 
 
 def synthetic(

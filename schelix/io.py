@@ -9,7 +9,6 @@ the fix; everything done on the user's behalf warns with
 from __future__ import annotations
 
 import tempfile
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -19,165 +18,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from schelix.errors import SchelixError, SchelixWarning
+from schelix.errors import SchelixError
+from schelix.input_type import LOGNORM_NOTE, apply, detect, find_counts
+from schelix.validate import note, validate
 
-__all__ = ["SUPPORTED", "find_counts", "read", "summarize", "validate"]
+__all__ = ["LOGNORM_NOTE", "SUPPORTED", "find_counts", "read", "summarize", "validate"]
 
 SUPPORTED = ".h5ad, 10x .h5, a 10x mtx folder (matrix.mtx[.gz] + features/genes.tsv + barcodes.tsv) or a .zip of one"
 _MTX_NAMES = ("matrix.mtx", "matrix.mtx.gz")
-_N_SAMPLE = 20_000
-LOGNORM_NOTE = (
-    "No raw counts found (checked layers['counts'], X and raw): continuing on the "
-    "log-normalized X. What changes: normalization is skipped, HVGs use flavor 'seurat' "
-    "on log data instead of 'seurat_v3' on counts, and count-based peers (scVI, sysVI) "
-    "are unavailable. Provide raw counts for the full pipeline"
-)
-
-
-def _note(notes: list[str], text: str, *, warn: bool = True) -> None:
-    notes.append(text)
-    if warn:
-        warnings.warn(text, SchelixWarning, stacklevel=3)
-
-
-def _values(m) -> np.ndarray:
-    """The stored values of a matrix (non-zeros for sparse), as a flat array."""
-    if sp.issparse(m):
-        return np.asarray(m.data)
-    return np.asarray(m).ravel()
-
-
-def _check_values(m, where: str) -> None:
-    """Raise on NaN/Inf or negative values."""
-    v = _values(m)
-    bad = int(np.count_nonzero(~np.isfinite(v)))
-    if bad:
-        raise SchelixError(
-            f"{where} contains {bad} NaN/Inf values",
-            "fix or remove them upstream (e.g. replace NaN by 0) or provide the raw counts",
-        )
-    if v.size and v.min() < 0:
-        raise SchelixError(
-            f"{where} has negative values (min {v.min():.3g}): it looks scaled or centred",
-            "provide raw counts (X, layers['counts'] or raw) or log-normalized data, not scaled data",
-        )
-
-
-def _is_counts(m) -> bool:
-    """True when a sample of the values is finite, non-negative and integer-valued."""
-    v = _values(m)
-    if v.size > _N_SAMPLE:
-        v = v[np.random.default_rng(0).choice(v.size, _N_SAMPLE, replace=False)]
-    v = v.astype(np.float64, copy=False)
-    return bool(np.isfinite(v).all() and (v >= 0).all() and np.array_equal(v, np.round(v)))
-
-
-def _csr32(m) -> sp.csr_matrix:
-    return sp.csr_matrix(m, dtype=np.float32)
-
-
-def find_counts(adata: ad.AnnData) -> tuple[str, object]:
-    """Locate raw counts in ``layers["counts"]``, ``X`` or ``raw`` (in that order).
-
-    Returns
-    -------
-    ``(source, matrix)`` with source in ``"layers/counts"``, ``"X"``, ``"raw"``,
-    or ``("none", None)`` when only non-count (e.g. log-normalized) data is present.
-    """
-    if "counts" in adata.layers and _is_counts(adata.layers["counts"]):
-        return "layers/counts", adata.layers["counts"]
-    if adata.X is not None and _is_counts(adata.X):
-        return "X", adata.X
-    if adata.raw is not None and _is_counts(adata.raw.X):
-        return "raw", adata.raw.X
-    return "none", None
-
-
-def _dedupe(adata: ad.AnnData, notes: list[str]) -> None:
-    for axis, names, fn in (
-        ("gene", adata.var_names, adata.var_names_make_unique),
-        ("cell", adata.obs_names, adata.obs_names_make_unique),
-    ):
-        n_dup = int(names.duplicated().sum())
-        if n_dup:
-            example = str(names[names.duplicated()][0])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                fn()
-            _note(
-                notes,
-                f"{n_dup} duplicate {axis} names (e.g. '{example}') were made unique "
-                f"by appending '-1', '-2', ...",
-            )
-
-
-def _to_categorical(adata: ad.AnnData, key: str, what: str, notes: list[str]) -> None:
-    col = adata.obs[key]
-    if isinstance(col.dtype, pd.CategoricalDtype) and col.cat.categories.dtype == object:
-        return
-    values = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col
-    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-        _note(notes, f"{what} column '{key}' holds numbers; converted to categorical strings")
-    adata.obs[key] = pd.Categorical(col.astype(str).where(col.notna()))
-
-
-def validate(
-    adata: ad.AnnData, *, batch_key: str | None, label_key: str | None = None
-) -> list[str]:
-    """Check an AnnData for integration; fix harmless things in place and say so.
-
-    Checks size, duplicate names (made unique), NaN/Inf/negative values, the batch
-    column (present, no missing values, at least two batches; numbers become
-    categorical strings) and the optional label column (missing -> note only).
-
-    Returns
-    -------
-    The notes (also appended to ``uns["schelix"]["input"]["notes"]``).
-
-    Raises
-    ------
-    SchelixError
-        On any fatal problem.
-    """
-    notes: list[str] = []
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise SchelixError(
-            f"The data has {adata.n_obs} cells and {adata.n_vars} genes",
-            "load a non-empty dataset (cells x genes) — check the file or an earlier filter",
-        )
-    _dedupe(adata, notes)
-    _check_values(adata.X, "adata.X")
-    cols = ", ".join(f"'{c}'" for c in adata.obs.columns) or "(none: add one to adata.obs)"
-    if batch_key is not None:
-        if batch_key not in adata.obs:
-            raise SchelixError(
-                f"Batch column '{batch_key}' is not in adata.obs", f"choose one of: {cols}"
-            )
-        n_na = int(adata.obs[batch_key].isna().sum())
-        if n_na:
-            raise SchelixError(
-                f"Batch column '{batch_key}' is missing for {n_na} cells",
-                "fill in the batch of those cells or remove them",
-            )
-        _to_categorical(adata, batch_key, "Batch", notes)
-        batches = adata.obs[batch_key].cat.remove_unused_categories().cat.categories
-        if len(batches) < 2:
-            raise SchelixError(
-                f"Batch column '{batch_key}' has only one batch ({', '.join(map(str, batches))})",
-                f"integration needs at least two batches; choose another column: {cols}",
-            )
-    if label_key is not None:
-        if label_key not in adata.obs:
-            _note(
-                notes,
-                f"Label column '{label_key}' is not in adata.obs: label-based metrics "
-                f"will be skipped (available columns: {cols})",
-            )
-        else:
-            _to_categorical(adata, label_key, "Label", notes)
-    info = adata.uns.setdefault("schelix", {}).setdefault("input", {})
-    info["notes"] = [*list(info.get("notes", [])), *notes]
-    return notes
 
 
 def _read_h5ad(path: Path) -> ad.AnnData:
@@ -316,7 +164,7 @@ def _read_zip(path: Path) -> ad.AnnData:
                 f"'{path.name}' could not be extracted ({e})", "re-create the zip of the 10x folder"
             ) from e
         adata = _read_mtx_folder(Path(tmp))
-        adata.X = _csr32(adata.X)  # fully in memory before the folder goes
+        adata.X = sp.csr_matrix(adata.X, dtype=np.float32)  # fully in memory before the folder goes
     return adata
 
 
@@ -346,7 +194,7 @@ def _read_any(path: Path) -> tuple[ad.AnnData, str]:
 def read(
     path: str | Path, *, batch_key: str | None = None, label_key: str | None = None
 ) -> ad.AnnData:
-    """Read single-cell data and put raw counts in ``X`` and ``layers["counts"]``.
+    """Read single-cell data; put the values to use in ``X`` (counts also in ``layers["counts"]``).
 
     Parameters
     ----------
@@ -358,62 +206,31 @@ def read(
 
     Returns
     -------
-    AnnData with float32 CSR counts in ``X`` and ``layers["counts"]`` (found in
-    ``layers["counts"]``, ``X`` or ``raw``). With only log-normalized data, ``X``
-    keeps it, there is no ``layers["counts"]`` and a :class:`SchelixWarning` says
-    which steps change. ``uns["schelix"]["input"]`` = ``{"path", "format",
-    "counts_found", "counts_source", "notes"}``.
+    AnnData with float32 CSR values in ``X``, chosen by
+    :func:`schelix.input_type.detect`: raw counts (from ``layers["counts"]``, ``X`` or
+    ``raw``, or recovered exactly from normalized values; then also in
+    ``layers["counts"]``), else count-like or log-normalized values (no
+    ``layers["counts"]``; a :class:`SchelixWarning` says what changes). Scaled data
+    is refused. ``uns["schelix"]["input"]`` = ``{"path", "format", "kind",
+    "counts_found", "counts_source", "values_source", "recovered", "notes"}``.
     """
     path = Path(path)
     adata, fmt = _read_any(path)
     if adata.n_obs == 0 or adata.n_vars == 0:
         validate(adata, batch_key=None)  # raises the clear empty-data error
     notes: list[str] = []
-    source, counts = find_counts(adata)
-    if source == "none":
-        _check_values(adata.X, "adata.X")
-        adata.X = _csr32(adata.X)
-        adata.layers.pop("counts", None)
-        _note(notes, LOGNORM_NOTE)
-        if _values(adata.X).max(initial=0) > 50:
-            _note(
-                notes,
-                "X has values above 50 and is not integer: it may be normalized but not "
-                "log-transformed; provide raw counts or log1p-transformed data",
-            )
-    else:
-        counts = _csr32(counts)
-        if source == "raw" and adata.raw.n_vars != adata.n_vars:
-            _note(
-                notes,
-                f"Counts taken from adata.raw with all {adata.raw.n_vars} genes "
-                f"(X had {adata.n_vars}); the processed X is dropped",
-                warn=False,
-            )
-            adata = ad.AnnData(
-                X=counts,
-                obs=adata.obs,
-                var=adata.raw.var.copy(),
-                obsm=dict(adata.obsm),
-                uns=dict(adata.uns),
-            )
-        else:
-            adata.X = counts
-        adata.layers["counts"] = counts.copy()
-        if source != "X":
-            _note(
-                notes,
-                f"Raw counts found in {source}; they are now in X and layers['counts']",
-                warn=False,
-            )
-    adata.raw = None
-    adata.uns.setdefault("schelix", {})["input"] = {
-        "path": str(path),
-        "format": fmt,
-        "counts_found": source != "none",
-        "counts_source": source,
-        "notes": notes,
-    }
+    found = detect(adata)
+    n_x = adata.n_vars
+    adata = apply(adata, found)
+    if found.note:
+        note(notes, found.note, warn=found.kind != "counts" or found.recovered)
+    elif found.source != "X":
+        note(notes, f"Raw counts found in {found.source}; they are now in X and "
+             "layers['counts']", warn=False)  # fmt: skip
+    if found.source == "raw" and adata.n_vars != n_x:
+        note(notes, f"Values taken from adata.raw with all {adata.n_vars} genes (X had "
+             f"{n_x}); the processed X is dropped", warn=False)  # fmt: skip
+    adata.uns["schelix"]["input"].update(path=str(path), format=fmt, notes=notes)
     validate(adata, batch_key=batch_key, label_key=label_key)
     return adata
 

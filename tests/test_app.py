@@ -65,14 +65,19 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     _page(at, "pages/data.py")
     assert _metrics(at)["Cells"] == "2,000" and ws.status("data") == "done"
 
-    # QC: live count per batch, then Apply
+    # QC: the same adaptive defaults as any upload; the per-batch summary; fixed is one click away
     _page(at, "pages/qc.py")
-    assert at.number_input[1].value == 20.0  # max mitochondrial %: the demo's suggestion
-    kept_suggested = _metrics(at)["Cells kept"]
-    _ok(at.number_input[1].set_value(5.0).run())  # the paper's value: fewer cells, a faster test
-    assert _metrics(at)["Cells kept"] != kept_suggested
+    assert at.radio(key="qc_mode").value == "adaptive"
+    kept_adaptive = _metrics(at)["Cells kept"]
+    assert (at.dataframe[0].value["% kept"] >= 85).all()
+    at.radio(key="qc_mode").set_value("fixed").run()  # the paper's 5 % would empty V3: stopped
+    assert not at.exception and "'V3' keeps 1 of 865" in at.error[0].value
+    _ok(at.number_input(key="max_mito_pct").set_value(20.0).run())
+    assert _metrics(at)["Cells kept"] != kept_adaptive
+    _ok(at.radio(key="qc_mode").set_value("adaptive").run())
+    assert _metrics(at)["Cells kept"] == kept_adaptive
     _ok(at.button[0].click().run())
-    assert ws.status("qc") == "done" and ws.params("qc")["max_mito_pct"] == 5.0
+    assert ws.status("qc") == "done" and ws.params("qc")["qc"] == "adaptive"
 
     # Anchor genes: score once, move a threshold, counts follow; search; apply
     _page(at, "pages/anchor_genes.py")

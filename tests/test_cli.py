@@ -79,3 +79,22 @@ def test_run_preset_sets_config_and_set_overrides_it(counts_h5ad, tmp_path):
     assert train["w_mnn_variant"] == 0.0 and train["w_kd"] == 0.5  # from the preset
     assert train["latent_dim"] == 48
     assert train["fusion_delta_scale"] == 1.5  # --set wins
+
+
+def test_run_prints_the_per_batch_qc_summary_and_fixed_qc_is_one_flag_away(
+    counts_h5ad, tmp_path, capsys
+):
+    out = tmp_path / "qc.h5ad"
+    code = main(["run", str(counts_h5ad), "--batch-key", "batch", "-o", str(out), "--steps", "4",
+                 "--quiet", "--no-evaluate", *FAST])  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "QC (adaptive): kept" in err and "few counts/genes" in err and "max mito %" in err
+    for batch in ("batch0", "batch1", "batch2"):
+        assert batch in err
+    assert ad.read_h5ad(out).uns["schelix"]["preprocess"]["qc"]["qc"] == "adaptive"
+    code = main(["run", str(counts_h5ad), "--batch-key", "batch", "-o", str(out), "--quiet",
+                 "--qc", "fixed", "--max-mito-pct", "0"])  # fmt: skip
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "batch 'batch0' keeps" in last and "above 0 % mitochondrial" in last and "Fix:" in last

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from schelix.datasets import synthetic
 from schelix.errors import SchelixError, SchelixWarning
+from schelix.input_type import recover_counts
 from schelix.io import read, summarize, validate
 
 
@@ -151,9 +152,34 @@ def test_counts_found_in_raw_and_layers(small, tmp_path):
     np.testing.assert_array_equal(_dense(out.X), _dense(small.X))
 
 
+def test_counts_recovered_from_normalized_values(small, tmp_path):
+    for name, values in (("log", _lognorm(small)), ("cpm", np.expm1(_lognorm(small)) * 100)):
+        a = small.copy()
+        a.X = sp.csr_matrix(values)
+        del a.layers["counts"]
+        a.write_h5ad(tmp_path / f"{name}.h5ad")
+        with pytest.warns(SchelixWarning, match="recovered exactly"):
+            out = read(tmp_path / f"{name}.h5ad", batch_key="batch")
+        info = out.uns["schelix"]["input"]
+        assert info["kind"] == "counts" and info["recovered"] is True
+        np.testing.assert_array_equal(_dense(out.layers["counts"]), _dense(small.X))
+
+
+def test_recover_counts_needs_every_value_on_a_whole_multiple():
+    counts = sp.csr_matrix(np.array([[2, 3, 6, 0], [3, 0, 4, 11], [1, 5, 0, 7]], dtype=float))
+    scaled = sp.diags([0.5, 10.0, 3.0]) @ counts  # deep cells: smallest count 2 or 3
+    np.testing.assert_array_equal(recover_counts(scaled).toarray(), counts.toarray())
+    noisy = scaled.copy()
+    noisy.data = noisy.data * 1.013
+    noisy[0, 0] = 1.0
+    assert recover_counts(noisy) is None
+    assert recover_counts(sp.csr_matrix(np.ones((3, 3)))) is None  # all ones: nothing to recover
+
+
 def test_lognormalized_only_warns_and_continues(small, tmp_path):
     a = small.copy()
     a.X = _lognorm(a)
+    a.X.data = np.round(a.X.data, 2)  # rounded on export: counts cannot be recovered
     del a.layers["counts"]
     a.write_h5ad(tmp_path / "log.h5ad")
     with pytest.warns(SchelixWarning, match="No raw counts"):

@@ -9,8 +9,9 @@ import scanpy as sc
 import scipy.sparse as sp
 
 import schelix.preprocess as pp
+from schelix import qc
 from schelix.datasets import DEMO_BATCH_KEY, demo, synthetic
-from schelix.errors import SchelixError, SchelixWarning
+from schelix.errors import SchelixError
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_qc_metrics_human_and_mouse_mito(base):
 
 def test_qc_masks_match_scanpy_filters(base):
     a = base.copy()
-    cells, genes = pp.qc_masks(a, min_genes=200, min_cells=3, max_mito_pct=5.0)
+    cells, genes = pp.qc_masks(a, qc="fixed", min_genes=200, min_cells=3, max_mito_pct=5.0)
     assert cells.dtype == bool and cells.shape == (a.n_obs,) and genes.shape == (a.n_vars,)
     assert not cells[:35].any() and cells[35:].all()
     # independent reference: scanpy's own filters in the usual order
@@ -58,42 +59,92 @@ def test_qc_masks_reuse_obs_columns(base):
     a = base.copy()
     pp.qc_metrics(a)
     a.obs["n_genes_by_counts"] = 0  # masks must come from these columns, not a recount
-    cells, _ = pp.qc_masks(a)
+    cells, _ = pp.qc_masks(a, qc="fixed")
     assert not cells.any()
-    cells, _ = pp.qc_masks(a, min_genes=0, max_mito_pct=100.0)
+    cells, _ = pp.qc_masks(a, qc="fixed", min_genes=0, max_mito_pct=100.0)
     assert cells.all()
 
 
 def test_filter_qc_records_what_was_kept(base):
     out = pp.filter_qc(base.copy(), batch_key="batch")
     rec = out.uns["schelix"]["preprocess"]
-    assert (rec["cells_before"], rec["cells_kept"]) == (500, out.n_obs) and out.n_obs == 465
+    assert (rec["cells_before"], rec["cells_kept"]) == (500, out.n_obs)
+    assert 460 <= out.n_obs <= 465  # the 35 planted bad cells and at most a few true outliers
     assert (rec["genes_before"], rec["genes_kept"]) == (600, out.n_vars) and out.n_vars == 590
-    per = rec["cells_per_batch"]
-    assert sum(per["kept"]) == out.n_obs and sum(per["before"]) == 500
-    assert rec["removed_batches"] == [] and rec["mito_genes"] == 5
+    per = rec["qc"]["per_batch"]
+    assert sum(per["kept"]) == out.n_obs and sum(per["cells"]) == 500
+    assert sum(per["low"]) >= 20 and sum(per["mito"]) == 15  # the planted bad cells, by reason
+    assert rec["qc"]["qc"] == "adaptive" and rec["removed_batches"] == []
+    assert rec["mito_genes"] == 5
+    assert not out.obs_names.isin(base.obs_names[:35]).any()
 
 
 def test_filter_qc_too_few_cells_or_genes(base):
     with pytest.raises(SchelixError, match=r"only \d+ of 500 cells") as err:
-        pp.filter_qc(base.copy(), min_genes=590)
-    assert "loosen the thresholds" in str(err.value)
+        pp.filter_qc(base.copy(), min_genes=50, min_cells=400)
+    assert "min_cells" in str(err.value)
     with pytest.raises(SchelixError, match=r"of 150 genes"):
         pp.filter_qc(base[:, 450:].copy(), min_genes=10)
 
 
-def test_qc_emptying_a_batch_warns_with_its_name(base):
+def test_qc_losing_most_of_a_batch_stops_with_its_name_reasons_and_fix(base):
     a = base.copy()
     x = _dense(a.layers["counts"])
-    x[(a.obs["batch"] == "batch1").to_numpy(), :5] = 500  # all of batch1 fails the mito filter
+    in_b1 = (a.obs["batch"] == "batch1").to_numpy()
+    x[in_b1, :5] = 500  # batch1: every cell has ~45 % mitochondrial reads
     a.X = sp.csr_matrix(x)
     a.layers["counts"] = a.X.copy()
-    with pytest.warns(SchelixWarning, match="every cell of batch.*'batch1'"):
-        out = pp.filter_qc(a, batch_key="batch")
-    assert out.uns["schelix"]["preprocess"]["removed_batches"] == ["batch1"]
-    assert list(out.obs["batch"].cat.categories) == ["batch0"]
-    with pytest.warns(SchelixWarning), pytest.raises(SchelixError, match="only batch 'batch0'"):
-        pp.preprocess(a, batch_key="batch")
+    with pytest.raises(SchelixError) as err:  # the paper's 5 % would drop the whole batch
+        pp.filter_qc(a, batch_key="batch", qc="fixed")
+    msg = str(err.value)
+    assert "'batch1' keeps 0 of" in msg and f"{in_b1.sum()} above 5 % mitochondrial" in msg
+    assert "--qc adaptive" in msg and "'batch0'" not in msg
+    out = pp.filter_qc(a, batch_key="batch")  # adaptive: judged against its own median
+    per = out.uns["schelix"]["preprocess"]["qc"]["per_batch"]
+    i = per["batch"].index("batch1")
+    assert per["kept"][i] >= 0.85 * per["cells"][i] and per["mito_cutoff"][i] > 40
+
+
+def test_adaptive_qc_flags_outliers_within_each_batch():
+    a = synthetic(600, 400, n_batches=2, n_cell_types=3, seed=4)
+    x = _dense(a.X)
+    b0 = np.flatnonzero((a.obs["batch"] == "batch0").to_numpy())
+    x[b0] *= 4  # batch0 sequenced 4x deeper: no outlier by that alone
+    x[b0[:6]] = np.round(x[b0[:6]] / 40)  # 6 near-empty droplets in the deep batch
+    a.X = sp.csr_matrix(x)
+    a.layers["counts"] = a.X.copy()
+    flags, thr = qc.cell_flags(a, batch_key="batch")
+    low = set(np.flatnonzero(flags["low"].to_numpy()))
+    assert set(b0[:6]) <= low and len(low) <= 8  # the planted droplets (and a natural one)
+    assert flags["high"].sum() <= 2 and not flags["mito"].any()
+    assert thr.loc["batch0", "counts_low"] > 2 * thr.loc["batch1", "counts_low"]
+    assert (thr["mito_cutoff"] == qc.MITO_FLOOR_PCT).all()  # clean batches: the floor
+    summary = pp.qc_summary(a, batch_key="batch")
+    table = pp.summary_frame(summary)
+    assert list(table.index) == ["batch0", "batch1"]
+    assert table.loc["batch0", "kept"] == len(b0) - flags["keep"].iloc[b0].eq(False).sum()
+    assert table.loc["batch1", "% kept"] >= 99
+
+
+@pytest.mark.parametrize(("n_genes", "floor"), [(30_000, 200), (20_000, 200), (2_000, 20)])
+def test_gene_floor_scales_with_panel_size(n_genes, floor):
+    assert qc.default_min_genes(n_genes) == floor
+    assert qc.default_min_genes(n_genes, "fixed") == 200
+
+
+def test_mito_genes_by_symbol_or_said_absent():
+    a = synthetic(60, 50, n_cell_types=2, seed=0)
+    mask, note = qc.mito_genes(a)
+    assert mask.sum() == 5 and "5 mitochondrial" in note
+    ens = a.copy()
+    ens.var_names = [f"ENSG{i:011d}" for i in range(ens.n_vars)]
+    mask, note = qc.mito_genes(ens)
+    assert not mask.any() and "Ensembl IDs" in note and "symbol" in note
+    ens.var["feature_name"] = list(a.var_names)
+    mask, note = qc.mito_genes(ens)
+    assert mask.sum() == 5 and "var['feature_name']" in note
+    none = a[:, 5:].copy()
+    assert "No mitochondrial genes" in qc.mito_genes(none)[1]
 
 
 def test_normalize_log1p_from_counts(base):
@@ -118,7 +169,7 @@ def test_preprocess_pipeline_and_serialisable(base, tmp_path):
     before = base.copy()
     out = pp.preprocess(base, batch_key="batch", n_top_genes=150)
     np.testing.assert_array_equal(_dense(base.X), _dense(before.X))  # input untouched
-    assert out.shape == (465, 590) and out.var["highly_variable"].sum() == 150
+    assert out.n_vars == 590 and out.var["highly_variable"].sum() == 150
     np.testing.assert_array_equal(
         _dense(out.layers["counts"]), _dense(base[out.obs_names, out.var_names].layers["counts"])
     )
@@ -127,8 +178,8 @@ def test_preprocess_pipeline_and_serialisable(base, tmp_path):
     out.write_h5ad(tmp_path / "pp.h5ad")  # every recorded value is h5ad-serialisable
     back = ad.read_h5ad(tmp_path / "pp.h5ad")
     assert (
-        list(back.uns["schelix"]["preprocess"]["cells_per_batch"]["kept"])
-        == rec["cells_per_batch"]["kept"]
+        list(back.uns["schelix"]["preprocess"]["qc"]["per_batch"]["kept"])
+        == (rec["qc"]["per_batch"]["kept"])
     )
 
 
@@ -137,11 +188,15 @@ def test_preprocess_on_lognormalized_only(base):
     del a.layers["counts"]
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
-    out = pp.preprocess(a, batch_key="batch", n_top_genes=100, max_mito_pct=100.0)
+    a.X.data = np.round(a.X.data, 2)  # exported with 2 decimals: counts cannot be recovered
+    out = pp.preprocess(a, batch_key="batch", n_top_genes=100)
     rec = out.uns["schelix"]["preprocess"]
     assert "counts" not in out.layers and rec["counts_found"] is False
+    assert rec["input_kind"] == "log-normalized"
     assert rec["normalized"] is False and rec["hvg_flavor"] == "seurat"
     assert out.var["highly_variable"].sum() == 100
+    ref = pp.preprocess(base, batch_key="batch", n_top_genes=100)
+    assert list(out.obs_names) == list(ref.obs_names)  # QC on expm1(X): the same cells as counts
 
 
 def test_tiny_batch_rejected_by_highly_variable(base):
@@ -155,19 +210,13 @@ def test_tiny_batch_rejected_by_highly_variable(base):
 
 def test_preprocess_demo():
     a = demo()
-    counts = a.X.copy()
-    with pytest.warns(SchelixWarning) as rec:  # paper default (5 % mito) all but empties V3
-        out = pp.preprocess(a, batch_key=DEMO_BATCH_KEY)
-    assert any("'V3'" in str(w.message) for w in rec)
-    assert out.var["highly_variable"].sum() == min(2000, out.n_vars)
-    assert "V3" in out.uns["schelix"]["preprocess"]["removed_batches"]
-    # looser mito threshold keeps all three chemistries and the counts view
-    out = pp.preprocess(a, batch_key=DEMO_BATCH_KEY, max_mito_pct=20.0)
-    assert out.obs[DEMO_BATCH_KEY].nunique() == 3
+    out = pp.preprocess(a, batch_key=DEMO_BATCH_KEY)  # the defaults, as for any upload
+    per = out.uns["schelix"]["preprocess"]["qc"]["per_batch"]
+    assert per["batch"] == ["V2", "V3", "VDJ"]
+    assert all(k >= 0.85 * c for k, c in zip(per["kept"], per["cells"]))
     assert out.var["highly_variable"].sum() == min(2000, out.n_vars)
     assert out.uns["schelix"]["preprocess"]["hvg_flavor"] == "seurat_v3"
     assert sp.isspmatrix_csr(out.X) and out.X.dtype == np.float32
     np.testing.assert_allclose(np.expm1(out.X[:50].toarray()).sum(1), 1e4, rtol=1e-3)
-    rows = a.obs_names.get_indexer(out.obs_names)
-    cols = a.var_names.get_indexer(out.var_names)
-    np.testing.assert_array_equal(out.layers["counts"].toarray(), counts[rows][:, cols].toarray())
+    with pytest.raises(SchelixError, match="'V3' keeps 1 of 865"):  # the paper's 5 %
+        pp.preprocess(a, batch_key=DEMO_BATCH_KEY, qc="fixed")
