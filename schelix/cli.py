@@ -32,7 +32,15 @@ def _load_config(path: str | None) -> dict[str, Any]:
     if p.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}  # safe_load: no python/* tags, nothing runs
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            raise SchelixError(
+                f"Config file {p} was refused: {getattr(err, 'problem', None) or err}"
+                + (f" (line {where.line + 1})" if where else ""),
+                "write plain `setting: value` lines; YAML tags such as !!python/... are not allowed",
+            ) from None
     else:
         try:
             data = json.loads(text)
@@ -106,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="preprocess, split anchors, train scHelix, write an integrated h5ad"
     )
-    run.add_argument("input", help=".h5ad, 10x .h5, 10x mtx folder or .zip of one")
+    run.add_argument("input", nargs="+",
+                     help=".h5ad, 10x .h5, 10x mtx folder or .zip of one; several files: one "
+                     "batch each, named after the file, in the column --batch-key")  # fmt: skip
     _add_data_args(run)
     run.add_argument("-o", "--output", required=True, help="integrated .h5ad to write")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu", "mps"])
@@ -179,16 +189,49 @@ def yaml_scalar(text: str) -> Any:
     return text
 
 
+def _read_input(args: argparse.Namespace) -> Any:
+    """One file (its --batch-key column), or several files (one batch each, in --batch-key)."""
+    import schelix
+    from schelix.checks import check_data, check_labels
+    from schelix.combine import read_many
+
+    inputs = args.input if isinstance(args.input, list) else [args.input]
+    if len(inputs) > 1:
+        adata = read_many(inputs, batch_key=args.batch_key, label_key=args.label_key)
+    else:
+        adata = schelix.io.read(inputs[0], batch_key=args.batch_key, label_key=args.label_key)
+    check_labels(adata, args.label_key)
+    check_data(adata, batch_key=args.batch_key)
+    return adata
+
+
+def _check_run(args: argparse.Namespace) -> None:
+    """Every setting and path of ``schelix run``, before anything is read or trained."""
+    from schelix import checks
+
+    checks.check_steps(args.steps)
+    checks.check_seed(args.seed)
+    checks.check_n_top_genes(args.n_top_genes)
+    checks.check_output(args.output, inputs=args.input)
+    if args.save_model:
+        checks.check_model_dir(args.save_model)
+        if Path(args.save_model).absolute() in [Path(i).absolute() for i in args.input]:
+            raise SchelixError(
+                f"--save-model '{args.save_model}' is the input", "choose another folder"
+            )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import schelix
     from schelix.config import SCHelixConfig
     from schelix.pipeline import integrate
 
+    _check_run(args)
     preset = ABLATIONS[args.preset] if args.preset else {}
     config = SCHelixConfig.from_dict(
         {**preset, **_load_config(args.config), **_parse_sets(args.set)}
     )
-    adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
+    adata = _read_input(args)
     label_key = args.label_key if args.label_key in adata.obs else None
     adata = schelix.pp.preprocess(
         adata, batch_key=args.batch_key, n_top_genes=args.n_top_genes, **_qc_options(args)
@@ -218,6 +261,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import schelix
+    from schelix import checks
+
+    checks.check_seed(args.seed)
+    if args.csv:
+        checks.check_output(args.csv, inputs=[args.input], what="--csv file")
 
     adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
     keys = args.keys or [k for k in adata.obsm if k.startswith("X_") and "_snapshot_" not in k]
@@ -234,9 +282,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     import schelix
+    from schelix import checks
     from schelix.compare import compare, summarize
 
+    for seed in args.seeds:
+        checks.check_seed(seed)
+    checks.check_device(args.device)
+    for out, what in ((args.output, "-o file"), (args.h5ad, "--h5ad file")):
+        if out:
+            checks.check_output(out, inputs=[args.input], what=what)
     adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
+    checks.check_labels(adata, args.label_key)
+    checks.check_data(adata, batch_key=args.batch_key)
     adata = schelix.pp.preprocess(adata, batch_key=args.batch_key, **_qc_options(args))
     print_qc(adata)
     table = compare(
@@ -266,8 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SchelixError as err:
             print(f"schelix: error: {err}", file=sys.stderr)
             return 2
-        except FileNotFoundError as err:
-            print(f"schelix: error: {err}. Fix: check the path", file=sys.stderr)
+        except OSError as err:  # a disk full, a permission changed during the run, ...
+            print(f"schelix: error: {err}. Fix: check the path and the free space", file=sys.stderr)
             return 2
 
 

@@ -147,6 +147,9 @@ class SCHelixConfig:
     )
 
     def __post_init__(self) -> None:
+        from schelix.checks import check_config
+
+        check_config(self)  # types (latent_dim="abc"), NaN, ranges (lr > 0, gate_strength 0..1)
         if self.fusion not in ("hyper", "sum"):
             raise SchelixError(
                 f"fusion must be 'hyper' or 'sum', got {self.fusion!r}", "use 'hyper' or 'sum'"

@@ -11,6 +11,9 @@ def resolve_device(device: str = "auto") -> str:
     """``"auto"`` -> ``"cuda"`` if available, then ``"mps"``, else ``"cpu"``."""
     import torch
 
+    from schelix.checks import check_device
+
+    check_device(device)
     if device in (None, "auto"):
         if torch.cuda.is_available():
             return "cuda"

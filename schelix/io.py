@@ -9,7 +9,6 @@ the fix; everything done on the user's behalf warns with
 from __future__ import annotations
 
 import tempfile
-import zipfile
 from pathlib import Path
 
 import anndata as ad
@@ -18,6 +17,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from schelix.archive import check_gzip, extract_zip
+from schelix.checks import check_counts_layer
 from schelix.errors import SchelixError
 from schelix.input_type import LOGNORM_NOTE, apply, detect, find_counts
 from schelix.validate import note, validate
@@ -84,8 +85,10 @@ def _find_one(folder: Path, names: tuple[str, ...], prefix: str) -> Path | None:
     return None
 
 
-def _read_mtx_folder(folder: Path) -> ad.AnnData:
+def _read_mtx_folder(folder: Path, name: str | None = None) -> ad.AnnData:
     import scanpy as sc
+
+    name = name or folder.name  # the user's file or folder, never a temporary one
 
     found = sorted(
         p
@@ -94,12 +97,12 @@ def _read_mtx_folder(folder: Path) -> ad.AnnData:
     )
     if not found:
         raise SchelixError(
-            f"No matrix.mtx or matrix.mtx.gz found in '{folder.name}'",
+            f"No matrix.mtx or matrix.mtx.gz found in '{name}'",
             "the folder (or zip) must hold a 10x matrix: " + SUPPORTED,
         )
     if len({p.parent for p in found}) > 1:
         raise SchelixError(
-            f"Several 10x matrices in '{folder.name}': "
+            f"Several 10x matrices in '{name}': "
             + ", ".join(str(p.relative_to(folder)) for p in found),
             "upload one sample at a time (one folder or zip per matrix)",
         )
@@ -116,6 +119,9 @@ def _read_mtx_folder(folder: Path) -> ad.AnnData:
             "put matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv) and "
             "barcodes.tsv[.gz] in one folder, as Cell Ranger writes them",
         )
+    for part in (mtx, genes, barcodes):
+        if part.name.endswith(".gz"):
+            check_gzip(part, name=name)
     try:
         v3 = (
             all(p.name.endswith(".gz") for p in (mtx, genes, barcodes)) and "features" in genes.name
@@ -143,32 +149,24 @@ def _read_mtx_folder(folder: Path) -> ad.AnnData:
         return adata
     except Exception as e:
         raise SchelixError(
-            f"The 10x matrix in '{folder.name}' could not be read ({type(e).__name__}: {e})",
+            f"The 10x matrix in '{name}' could not be read ({type(e).__name__}: {e})",
             "check that matrix, features and barcodes belong together and are "
             "complete (re-export from Cell Ranger)",
         ) from e
 
 
-def _read_zip(path: Path) -> ad.AnnData:
-    if not zipfile.is_zipfile(path):
-        raise SchelixError(
-            f"'{path.name}' is not a valid zip file (truncated or corrupt)",
-            "re-create the zip of the 10x folder, or upload " + SUPPORTED,
-        )
-    with tempfile.TemporaryDirectory(prefix="schelix_zip_") as tmp:
-        try:
-            with zipfile.ZipFile(path) as z:
-                z.extractall(tmp)
-        except Exception as e:
-            raise SchelixError(
-                f"'{path.name}' could not be extracted ({e})", "re-create the zip of the 10x folder"
-            ) from e
-        adata = _read_mtx_folder(Path(tmp))
+def _read_zip(path: Path, workdir: Path | None = None) -> ad.AnnData:
+    """Extract safely (:func:`schelix.archive.extract_zip`) into a private folder in ``workdir``."""
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="unzipped_", dir=workdir) as tmp:
+        extract_zip(path, tmp, name=path.name)
+        adata = _read_mtx_folder(Path(tmp), name=path.name)
         adata.X = sp.csr_matrix(adata.X, dtype=np.float32)  # fully in memory before the folder goes
     return adata
 
 
-def _read_any(path: Path) -> tuple[ad.AnnData, str]:
+def _read_any(path: Path, workdir: Path | None = None) -> tuple[ad.AnnData, str]:
     if not path.exists():
         raise SchelixError(f"'{path}' does not exist", "check the path (or upload the file again)")
     name = path.name.lower()
@@ -181,7 +179,7 @@ def _read_any(path: Path) -> tuple[ad.AnnData, str]:
     if name.endswith((".h5", ".hdf5")):
         return _read_10x_h5(path)
     if name.endswith(".zip"):
-        return _read_zip(path), "10x-mtx-zip"
+        return _read_zip(path, workdir), "10x-mtx-zip"
     fix = "upload " + SUPPORTED
     if name.endswith((".rds", ".rdata", ".h5seurat", ".loom", ".csv", ".tsv", ".txt")):
         fix = (
@@ -192,7 +190,11 @@ def _read_any(path: Path) -> tuple[ad.AnnData, str]:
 
 
 def read(
-    path: str | Path, *, batch_key: str | None = None, label_key: str | None = None
+    path: str | Path,
+    *,
+    batch_key: str | None = None,
+    label_key: str | None = None,
+    workdir: str | Path | None = None,
 ) -> ad.AnnData:
     """Read single-cell data; put the values to use in ``X`` (counts also in ``layers["counts"]``).
 
@@ -203,6 +205,9 @@ def read(
         ``matrix.mtx[.gz]``) or a ``.zip`` of such a folder (may be nested).
     batch_key, label_key
         Optional obs columns to check (see :func:`validate`).
+    workdir
+        Where a ``.zip`` is unpacked (a private temporary folder inside it, removed after
+        reading; the app passes the workspace). Default: the system's temporary folder.
 
     Returns
     -------
@@ -215,9 +220,10 @@ def read(
     "counts_found", "counts_source", "values_source", "recovered", "notes"}``.
     """
     path = Path(path)
-    adata, fmt = _read_any(path)
+    adata, fmt = _read_any(path, Path(workdir) if workdir is not None else None)
     if adata.n_obs == 0 or adata.n_vars == 0:
         validate(adata, batch_key=None)  # raises the clear empty-data error
+    check_counts_layer(adata)
     notes: list[str] = []
     found = detect(adata)
     n_x = adata.n_vars

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from schelix import data as data_step
+from schelix.checks import check_seed, check_steps
 from schelix.config import SCHelixConfig
 from schelix.device import resolve_device
 from schelix.errors import SchelixError
@@ -29,6 +30,48 @@ SAVE_FORMAT = 2
 
 def _uns(adata: ad.AnnData) -> dict:
     return adata.uns.setdefault("schelix", {})
+
+
+def _load_weights(path: Path) -> dict[str, Any]:
+    """``model.pt`` as tensors only (``weights_only=True``): a pickle payload is refused, not run."""
+    import pickle
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise SchelixError(
+            f"{path} holds more than weights (Python objects or code in a pickle); it was not "
+            f"run and the model was not loaded ({str(err).splitlines()[-1][:200]})",
+            "only load models you trust; train and save the model again with model.save()",
+        ) from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("module"), dict):
+        raise SchelixError(
+            f"{path} is not a scHelix model file (no network weights in it)",
+            "pass the folder that model.save() wrote",
+        )
+    return blob
+
+
+def _check_info(info: dict[str, Any], blob: dict[str, Any], path: Path) -> None:
+    """``model.json`` must hold the lists and numbers :meth:`SCHelix.save` writes."""
+    ok = (
+        all(
+            isinstance(info.get(k), list) and all(isinstance(x, str) for x in info[k])
+            for k in ("variants", "anchors", "batches", "labels")
+        )
+        and isinstance(info.get("setup"), dict)
+        and isinstance(info["setup"].get("batch_key"), str)
+        and isinstance(info.get("state"), dict)
+        and isinstance(info["state"].get("step"), int)
+        and isinstance(info["state"].get("history"), list)
+        and isinstance(info.get("seed"), (int, type(None)))
+    )
+    if not ok:
+        raise SchelixError(
+            f"{path / 'model.json'} is damaged or was edited (a field is missing or of the "
+            "wrong type)",
+            "save the model again with model.save()",
+        )
 
 
 class SCHelix:
@@ -124,6 +167,8 @@ class SCHelix:
         Runs on ``device`` (``"auto"``: CUDA, then Apple MPS, then CPU). With a
         fixed ``seed`` a CPU run is repeatable.
         """
+        check_steps(max_steps)
+        check_seed(seed)
         self.device = resolve_device(device)
         if self.module is None:
             self.seed = seed
@@ -244,7 +289,7 @@ class SCHelix:
         try:
             info = json.loads((path / "model.json").read_text())
             config = SCHelixConfig.from_dict(json.loads((path / "config.json").read_text()))
-            blob = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+            blob = _load_weights(path / "model.pt")
             with np.load(path / "arrays.npz", allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             gate = VariantGate.load(path / "gate.npz") if (path / "gate.npz").is_file() else None
@@ -255,11 +300,13 @@ class SCHelix:
                 f"The saved model in {path} cannot be read ({type(err).__name__}: {err})",
                 "save the model again with this version of scHelix",
             ) from None
-        if info.get("format") != SAVE_FORMAT:
+        if not isinstance(info, dict) or info.get("format") != SAVE_FORMAT:
+            fmt = info.get("format") if isinstance(info, dict) else None
             raise SchelixError(
-                f"The model in {path} was saved in another format ({info.get('format')})",
+                f"The model in {path} was saved in another format ({fmt})",
                 "train and save it again with this version of scHelix",
             )
+        _check_info(info, blob, path)
         missing = set(info["variants"] + info["anchors"]) - set(adata.var_names)
         if missing:
             raise SchelixError(
@@ -283,7 +330,14 @@ class SCHelix:
         }
         model.seed, model.gate = info["seed"], gate
         model._build()
-        model.module.load_state_dict(blob["module"])
+        try:
+            model.module.load_state_dict(blob["module"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise SchelixError(
+                f"The weights in {path / 'model.pt'} do not fit the model described by its "
+                f"model.json and config.json ({str(err).splitlines()[0][:200]})",
+                "save the model again with model.save()",
+            ) from None
         s = info["state"]
         snapshots = {
             int(k.split("_", 1)[1]): v for k, v in arrays.items() if k.startswith("snapshot_")

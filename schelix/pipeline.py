@@ -59,8 +59,13 @@ def integrate(
     ``semi_supervised=True``; otherwise they are only recorded for scoring.
     """
     from schelix import anchors
+    from schelix.checks import check_device, check_labels, check_seed, check_steps
 
     cfg = (config or SCHelixConfig()).replace(**overrides)
+    check_steps(max_steps)  # every setting is checked before the gene scoring and training
+    check_seed(seed)
+    check_device(device)
+    check_labels(adata, label_key)
     if "schelix_z_dom" not in adata.var or "schelix_connectivities" not in adata.obsp:
         anchors.score_genes(adata, batch_key=batch_key, seed=seed)
     split = {"tau_dom": cfg.tau_dom, "tau_str": cfg.tau_str, "random": cfg.random_anchors}
