@@ -13,8 +13,9 @@ import streamlit as st
 
 from schelix import datasets, io, pp
 from studio import ui
+from studio.security import local_mode
 from studio.steps import by_key
-from studio.workspace import Workspace, list_workspaces
+from studio.workspace import Workspace
 
 current = ui.navigation(lambda: None)  # the home page is the rest of this file
 current.run()
@@ -71,7 +72,9 @@ with right:
     st.subheader("Bring your own data")
     st.caption(
         "An `.h5ad` file, a 10x Genomics `.h5` file, or a zipped 10x folder "
-        "(matrix.mtx, barcodes, features). Up to 4 GB."
+        "(matrix.mtx, barcodes, features); several files, one per sample, become one batch "
+        f"each. Up to {st.get_option('server.maxUploadSize'):,} MB per file"
+        + (" (larger ones: open them by path on the Data page)." if local_mode() else ".")
     )
     if st.button("Upload a file", key="upload", help="Opens the upload page in a new workspace."):
         ui.use_workspace(Workspace.create(name="upload"))
@@ -81,10 +84,15 @@ if ws is not None:
     st.success(f"You are working in workspace `{ws.id}`. Continue with the steps in the sidebar.")
     ui.next_link("data", "Continue with your data")
 
-earlier = list_workspaces()
+earlier = ui.my_workspaces()
 if earlier:
     st.subheader("Reopen an earlier workspace")
-    st.caption("Everything you made is kept on this computer, one folder per workspace.")
+    st.caption(
+        "Every workspace on this computer (local mode)."
+        if local_mode()
+        else "Your workspaces in this browser session. Each is private: keep its link (the "
+        "address in your browser, with ?ws=...) to come back to it later."
+    )
     for row in earlier[:10]:
         when = dt.datetime.fromtimestamp(row["modified"]).strftime("%Y-%m-%d %H:%M")
         done = ", ".join(by_key(s).title for s in row["steps_done"]) or "nothing yet"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import warnings
-
 import pandas as pd
 import streamlit as st
 
-from schelix import io, pp
-from studio import ui
+from schelix import io
+from studio import security, ui
+from studio import uploads as uploads_mod
 from studio.workspace import Workspace
 
 ui.setup("data")
@@ -24,33 +22,33 @@ if ws is None:
     ui.require(ws, "data")
 assert ws is not None
 
-upload = st.file_uploader(
-    "Upload a single-cell dataset",
+limit = st.get_option("server.maxUploadSize")
+uploads = st.file_uploader(
+    "Upload a single-cell dataset (several files: one batch each)",
     type=["h5ad", "h5", "zip"],
+    accept_multiple_files=True,
     help="`.h5ad` (AnnData), a 10x Genomics `.h5` file, or a `.zip` of a 10x folder "
-    "(matrix.mtx, barcodes.tsv, features.tsv / genes.tsv). The file is saved in your workspace "
-    "folder on disk. Raw counts are best; log-normalised data also works (you will be told what "
-    "changes).",
+    "(matrix.mtx, barcodes.tsv, features.tsv / genes.tsv). Several files at once (e.g. one 10x "
+    "`.h5` per sample) become one batch each, named after the file. Files are saved in your "
+    f"private workspace on the server, up to {limit:,} MB each. Raw counts are best; "
+    "log-normalised data also works (you will be told what changes).",
 )
-if upload is not None and st.session_state.get("uploaded_id") != upload.file_id:
-    st.session_state["uploaded_id"] = upload.file_id
-    dest = ws.subdir("uploads") / upload.name
-    with open(dest, "wb") as fh:  # streamed in chunks, never one more copy in memory
-        shutil.copyfileobj(upload, fh, length=16 * 2**20)
-    with (
-        ui.guard(f"Reading {upload.name}", keep="upload_error"),
-        st.spinner(f"Reading {upload.name}…"),
-    ):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            adata = io.read(dest)
-        pp.qc_metrics(adata)
-        ws.save_adata("data", adata)
-        ws.invalidate("data")
-        st.session_state["read_notes"] = [
-            str(w.message) for w in caught if issubclass(w.category, UserWarning)
-        ]
-        st.success(f"Read {upload.name}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")
+files = list(uploads or [])
+if files and st.session_state.get("uploaded_ids") != [f.file_id for f in files]:
+    st.session_state["uploaded_ids"] = [f.file_id for f in files]
+    what = files[0].name[:80] if len(files) == 1 else f"{len(files)} files"
+    with ui.guard(f"Reading {what}", keep="upload_error"), st.spinner(f"Reading {what}…"):
+        adata, st.session_state["read_notes"] = uploads_mod.read_uploads(
+            ws, [(f.name, f) for f in files]
+        )
+        st.success(f"Read {what}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")
+if security.local_mode():
+    with st.expander("Open a large file on this computer by its path (local mode)"):
+        where = st.text_input("Path of an .h5ad, 10x .h5, mtx folder or .zip", key="local_path")
+        if st.button("Open this file", key="open_path", disabled=not where):
+            with ui.guard(f"Opening {where}", keep="upload_error"):
+                adata, st.session_state["read_notes"] = uploads_mod.open_path(ws, where)
+                st.success(f"Read {where}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")
 
 ui.kept_error("upload_error")
 if not ws.has_adata("data"):
@@ -80,7 +78,19 @@ if not cols:
     )
     st.stop()
 keys = ws.keys
+several = adata.uns.get("schelix", {}).get("input", {}).get("format") == "several files"
 guess = next((c for c in ("batch", "tech", "sample", "donor", "condition") if c in cols), cols[0])
+if several:
+    guess = uploads_mod.MULTI_BATCH_KEY
+    with st.expander("Batch names (one per file)", expanded=True):
+        batches = list(adata.obs[guess].cat.categories)
+        names = {b: st.text_input(f"Batch {i + 1}", b, key=f"batch_name_{i}")
+                 for i, b in enumerate(batches)}  # fmt: skip
+        if st.button("Rename the batches", key="rename_batches", disabled=all(
+                names[b] == b for b in batches)):  # fmt: skip
+            with ui.guard("Renaming the batches"):
+                uploads_mod.rename_batches(ws, names)
+                st.rerun()
 batch_key = st.selectbox(
     "Batch column",
     cols,

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -31,6 +32,52 @@ __all__ = ["TASKS", "Job", "JobCancelled", "JobContext", "find", "main", "start"
 #: Seconds after a cancel request before a job that has not stopped is killed.
 CANCEL_GRACE_S = 15.0
 _PROCS: dict[int, subprocess.Popen] = {}  # children of this process (so they get reaped)
+
+
+def _oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has ended in this cgroup (or None)."""
+    try:
+        rel = next(
+            line.split(":", 2)[2]
+            for line in Path("/proc/self/cgroup").read_text().splitlines()
+            if line.split(":", 2)[1] in ("", "memory")
+        )
+    except (OSError, StopIteration, IndexError):
+        return None
+    for path in (Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.events",
+                 Path("/sys/fs/cgroup/memory.events"),
+                 Path("/sys/fs/cgroup/memory/memory.oom_control")):  # fmt: skip
+        try:
+            for line in path.read_text().splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _death_message(pid: int, st: dict[str, Any]) -> str:
+    """Why a job process ended without writing its status: out of memory only when it was."""
+    before, after = st.get("oom_kills"), _oom_kills()
+    proc = _PROCS.get(pid)
+    code = proc.returncode if proc is not None else None
+    if before is not None and after is not None and after > before:
+        return (
+            "The background job ran out of memory and was stopped by the system. Earlier "
+            "results are kept; try fewer cells or a smaller batch size"
+        )
+    how = ""
+    if code is not None and code < 0:
+        try:
+            how = f" (ended by signal {signal.Signals(-code).name})"
+        except ValueError:
+            how = f" (ended by signal {-code})"
+    elif code is not None:
+        how = f" (exit code {code})"
+    return (
+        f"The background job was stopped before it finished{how}. Earlier results are kept; "
+        "start it again"
+    )
 
 
 class JobCancelled(Exception):
@@ -79,12 +126,7 @@ class Job:
         if st.get("status") == "running":
             pid = int(st.get("pid", self.spec.get("pid", 0)) or 0)
             if pid and not _pid_alive(pid, self.path):
-                st = self._finalise(
-                    st,
-                    "failed",
-                    "The background process stopped unexpectedly (it may have run out of "
-                    "memory). Earlier results are kept; try fewer cells or a smaller batch size",
-                )
+                st = self._finalise(st, "failed", _death_message(pid, st))
             elif (self.path / "cancel").exists():
                 asked = (self.path / "cancel").stat().st_mtime
                 if time.time() - asked > CANCEL_GRACE_S:
@@ -140,7 +182,7 @@ class Job:
             os.killpg(pid, signal.SIGKILL)  # the child leads its own session/group
         except (ProcessLookupError, PermissionError):
             pass
-        proc = _PROCS.pop(pid, None)
+        proc = _PROCS.get(pid)
         if proc is not None:
             proc.wait(timeout=10)
 
@@ -165,7 +207,7 @@ def start(job_dir: str | Path, kind: str, params: dict[str, Any]) -> Job:
         import studio.tasks  # noqa: F401  (registers the app's tasks)
     if kind not in TASKS:
         raise SchelixError(f"Unknown job kind '{kind}'", f"use one of {sorted(TASKS)}")
-    spec = {"kind": kind, "module": TASKS[kind].__module__, "params": params}
+    spec = {"kind": kind, "params": params}
     _write_json(job_dir / "job.json", {**spec, "submitted": time.time()})
     env = dict(os.environ)
     pkg_parent = str(Path(__file__).resolve().parent.parent)
@@ -180,11 +222,14 @@ def start(job_dir: str | Path, kind: str, params: dict[str, Any]) -> Job:
             env=env,
         )
     _PROCS[proc.pid] = proc
+    # reap the child the moment it exits (no zombies), whether or not anyone asks its status
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     st = _read_json(job_dir / "status.json")  # the child may have written already
     _write_json(
         job_dir / "status.json",
-        {"status": "running", "message": "starting", "started": time.time(), **st, "pid": proc.pid},
-    )
+        {"status": "running", "message": "starting", "started": time.time(), **st,
+         "pid": proc.pid, "oom_kills": _oom_kills()},
+    )  # fmt: skip
     return Job(job_dir)
 
 
@@ -240,12 +285,13 @@ def task(name: str) -> Callable[[Callable[[JobContext], str]], Callable[[JobCont
     return deco
 
 
-def _resolve(kind: str, module: str) -> Callable[[JobContext], str]:
-    """The task registered as ``kind`` by ``module`` (imported here, in the child)."""
-    import importlib
+def _resolve(kind: str) -> Callable[[JobContext], str]:
+    """The task registered as ``kind`` by the app's own task module, :mod:`studio.tasks`.
 
-    if module:
-        importlib.import_module(module)
+    Nothing a ``job.json`` says is imported: only the known tasks run.
+    """
+    import studio.tasks  # noqa: F401  (registers the app's tasks)
+
     if kind not in TASKS:
         raise SchelixError(f"Unknown job kind '{kind}'", f"use one of {sorted(TASKS)}")
     return TASKS[kind]
@@ -258,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = JobContext(path)
     ctx.set_status(status="running", pid=os.getpid(), message="running")
     try:
-        message = _resolve(ctx.spec.get("kind", ""), ctx.spec.get("module", ""))(ctx)
+        message = _resolve(str(ctx.spec.get("kind", "")))(ctx)
         ctx.set_status(status="finished", message=message, finished=time.time())
         return 0
     except JobCancelled:

@@ -14,8 +14,9 @@ import anndata as ad
 import streamlit as st
 
 from schelix.errors import SchelixError
+from studio import security
 from studio.steps import HOME, STEPS, by_key
-from studio.workspace import Workspace
+from studio.workspace import Workspace, list_workspaces
 
 #: ``st.Page`` of every step, by key (filled by :func:`navigation` on every run).
 PAGES: dict[str, object] = {}
@@ -58,8 +59,21 @@ def title(key: str, text: str | None = None) -> None:
 
 
 def workspace() -> Workspace | None:
-    """The session's workspace: from Session State, else from the URL (``?ws=<id>``)."""
-    wid = st.session_state.get("ws_id") or st.query_params.get("ws")
+    """The session's workspace: from Session State, else from the link (``?ws=<id>``).
+
+    The id is a capability (see :mod:`studio.security`): a link with a short, guessable id
+    (made before ids became capabilities) opens only in local mode.
+    """
+    wid = st.session_state.get("ws_id")
+    if not wid and st.query_params.get("ws"):
+        wid = str(st.query_params.get("ws"))
+        if not security.is_capability(wid):
+            st.warning(
+                "This workspace link is not valid on a shared server. Start again from the "
+                "home page (use the demo data or upload a file)."
+            )
+            st.query_params.pop("ws", None)
+            return None
     if not wid:
         return None
     try:
@@ -76,8 +90,18 @@ def workspace() -> Workspace | None:
 def use_workspace(ws: Workspace) -> None:
     """Make ``ws`` this session's workspace and put its id in the URL (a reload finds it)."""
     st.session_state["ws_id"] = ws.id
+    mine = st.session_state.setdefault("my_workspaces", [])
+    if ws.id not in mine:
+        mine.append(ws.id)
     if st.query_params.get("ws") != ws.id:
         st.query_params["ws"] = ws.id
+
+
+def my_workspaces() -> list[dict]:
+    """The workspaces the home page may list: this session's own; every one in local mode."""
+    if security.local_mode():
+        return list_workspaces()
+    return list_workspaces(ids=list(st.session_state.get("my_workspaces", [])))
 
 
 def sidebar(ws: Workspace | None) -> None:

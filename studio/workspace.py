@@ -24,7 +24,6 @@ import json
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import anndata as ad
 
 from schelix.errors import SchelixError
+from studio.security import new_id
 from studio.steps import WORK_STEPS, by_key
 
 __all__ = ["STEPS", "Workspace", "list_workspaces", "workspace_root"]
@@ -63,11 +63,11 @@ class Workspace:
     # ---------------------------------------------------------------- life cycle
     @classmethod
     def create(cls, *, root: str | Path | None = None, name: str = "") -> Workspace:
-        """A new, empty workspace with a fresh random id."""
+        """A new, empty workspace with a fresh id that cannot be guessed (a capability)."""
         root = Path(root) if root is not None else workspace_root()
-        wid = uuid.uuid4().hex[:12]
+        wid = new_id()
         path = root / wid
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, mode=0o700)
         state = {
             "id": wid,
             "name": name,
@@ -229,11 +229,19 @@ class Workspace:
         return d
 
 
-def list_workspaces(*, root: str | Path | None = None) -> list[dict[str, Any]]:
-    """Earlier workspaces, newest first: ``{"id", "name", "modified", "steps_done"}``."""
+def list_workspaces(
+    *, root: str | Path | None = None, ids: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Earlier workspaces, newest first: ``{"id", "name", "modified", "steps_done"}``.
+
+    ``ids``: only these (the app passes this browser session's own, unless in local mode).
+    """
     root = Path(root) if root is not None else workspace_root()
     out = []
-    for state_file in root.glob("*/state.json") if root.is_dir() else []:
+    files = root.glob("*/state.json") if root.is_dir() else []
+    if ids is not None:
+        files = [root / i / "state.json" for i in ids if _ID.match(str(i))]
+    for state_file in files:
         try:
             state = json.loads(state_file.read_text())
         except (OSError, ValueError):
