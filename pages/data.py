@@ -25,7 +25,8 @@ assert ws is not None
 limit = st.get_option("server.maxUploadSize")
 uploads = st.file_uploader(
     "Upload a single-cell dataset (several files: one batch each)",
-    type=["h5ad", "h5", "zip"],
+    # no `type=`: Streamlit would raise on a NUL in a name before this page runs; the file
+    # type and name are checked here instead (studio.security.original_name), with a message
     accept_multiple_files=True,
     help="`.h5ad` (AnnData), a 10x Genomics `.h5` file, or a `.zip` of a 10x folder "
     "(matrix.mtx, barcodes.tsv, features.tsv / genes.tsv). Several files at once (e.g. one 10x "

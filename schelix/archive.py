@@ -52,8 +52,8 @@ def _member_path(info: zipfile.ZipInfo, name: str) -> PurePosixPath:
         or "\x00" in raw
     ):
         raise _refuse(name, f"it holds an entry with an unsafe path ({info.filename!r})")
-    mode = info.external_attr >> 16
-    if mode and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+    kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip says nothing (most tools)
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
         raise _refuse(name, f"it holds a link or special file ({info.filename!r})")
     return path
 

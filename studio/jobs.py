@@ -288,9 +288,16 @@ def task(name: str) -> Callable[[Callable[[JobContext], str]], Callable[[JobCont
 def _resolve(kind: str) -> Callable[[JobContext], str]:
     """The task registered as ``kind`` by the app's own task module, :mod:`studio.tasks`.
 
-    Nothing a ``job.json`` says is imported: only the known tasks run.
+    Nothing a ``job.json`` says is imported: only the known tasks run. The server's own
+    environment may add task modules (``SCHELIX_EXTRA_TASKS``, comma-separated; the tests'
+    tasks), never a job's files.
     """
+    import importlib
+
     import studio.tasks  # noqa: F401  (registers the app's tasks)
+
+    for module in filter(None, os.environ.get("SCHELIX_EXTRA_TASKS", "").split(",")):
+        importlib.import_module(module.strip())
 
     if kind not in TASKS:
         raise SchelixError(f"Unknown job kind '{kind}'", f"use one of {sorted(TASKS)}")

@@ -57,6 +57,7 @@ def error_task(ctx: jobs.JobContext) -> str:
 @pytest.fixture
 def on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("SCHELIX_EXTRA_TASKS", "test_jobs")  # the server's setting, not job.json's
 
 
 def _wait_for_records(job: jobs.Job, timeout: float = 60.0) -> None:
@@ -99,10 +100,33 @@ def test_a_job_that_ignores_cancel_is_killed(tmp_path: Path, on_path: None, monk
     )
 
 
-def test_a_crashed_process_is_reported_as_failed(tmp_path: Path, on_path: None) -> None:
+def test_a_killed_process_is_reported_as_stopped_not_out_of_memory(
+    tmp_path: Path, on_path: None
+) -> None:
     job = jobs.start(tmp_path / "job", "test_crash", {})
     st = job.wait(timeout=120)
-    assert st["status"] == "failed" and "stopped unexpectedly" in st["message"]
+    assert st["status"] == "failed" and "was stopped before it finished" in st["message"]
+    assert "SIGKILL" in st["message"] and "memory" not in st["message"]
+
+
+def test_a_finished_job_is_reaped_without_asking_its_status(tmp_path: Path, on_path: None) -> None:
+    job = jobs.start(tmp_path / "job", "test_quick", {"word": "x"})
+    pid = job.status()["pid"]
+    end = time.time() + 120
+    while Path(f"/proc/{pid}").exists() and time.time() < end:
+        time.sleep(0.2)  # a zombie keeps /proc/<pid> until it is reaped
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_job_json_cannot_name_code_to_run(tmp_path: Path, monkeypatch) -> None:
+    # a tampered job.json naming another module: the child imports only the known tasks
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "job.json").write_text('{"kind": "evil", "module": "antigravity", "params": {}}')
+    monkeypatch.delenv("SCHELIX_EXTRA_TASKS", raising=False)
+    assert jobs.main([str(job_dir)]) == 1
+    assert "antigravity" not in sys.modules
+    assert "Unknown job kind 'evil'" in jobs.Job(job_dir).status()["message"]
 
 
 def test_a_schelix_error_becomes_the_message(tmp_path: Path, on_path: None) -> None:
