@@ -76,8 +76,11 @@ def test_a_second_session_cannot_list_or_open_the_first_ones_workspace(workspace
     first.button(key="upload").click().run()
     mine = first.session_state["ws_id"]
     assert len(mine) >= 24  # a capability: 144 random bits
-    first.switch_page("app.py").run()
-    assert any(mine in m.value for m in first.markdown)  # the owner sees it on the home page
+    owner = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    owner.query_params["ws"] = mine  # the capability link opens it, and it is listed
+    owner.run()
+    assert owner.session_state["ws_id"] == mine
+    assert any(mine in m.value for m in owner.markdown)
 
     second = _home()
     assert not any(mine in m.value for m in second.markdown)  # not listed
@@ -115,10 +118,10 @@ def test_load_refuses_a_pickle_payload_without_running_it(adata_split, tmp_path:
         schelix.SCHelix.load(folder, adata_split)
     assert info.value.fix and not marker.exists()
     (folder / "model.pt").write_bytes(pickle.dumps(Payload()))  # a bare pickle, too
-    with pytest.raises(SchelixError, match="was not run"):
+    with pytest.raises(SchelixError, match="model.pt"):
         schelix.SCHelix.load(folder, adata_split)
     assert not marker.exists()
-    torch.load(folder / "model.pt", weights_only=False)  # the payload is real: unpickling runs it
+    pickle.loads((folder / "model.pt").read_bytes())  # the payload is real: unpickling runs it
     assert marker.read_text() == "ran"
 
 
