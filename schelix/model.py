@@ -32,6 +32,13 @@ def _uns(adata: ad.AnnData) -> dict:
     return adata.uns.setdefault("schelix", {})
 
 
+def _why(err: Exception) -> str:
+    """The line of torch's refusal that names what was found (e.g. 'Unsupported global: ...')."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    hit = next((ln for ln in lines if "global" in ln.lower()), lines[0] if lines else "")
+    return hit[:200]
+
+
 def _load_weights(path: Path) -> dict[str, Any]:
     """``model.pt`` as tensors only (``weights_only=True``): a pickle payload is refused, not run."""
     import pickle
@@ -41,7 +48,7 @@ def _load_weights(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as err:
         raise SchelixError(
             f"{path} holds more than weights (Python objects or code in a pickle); it was not "
-            f"run and the model was not loaded ({str(err).splitlines()[-1][:200]})",
+            f"run and the model was not loaded ({_why(err)})",
             "only load models you trust; train and save the model again with model.save()",
         ) from None
     if not isinstance(blob, dict) or not isinstance(blob.get("module"), dict):

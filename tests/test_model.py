@@ -135,7 +135,7 @@ def test_saved_model_holds_no_pickle(adata_split, tmp_path):
 
     _model(adata_split).train(max_steps=4).save(tmp_path / "m")
     (tmp_path / "m" / "model.pt").write_bytes(pickle.dumps({"module": object()}))
-    with pytest.raises(SchelixError, match="cannot be read"):
+    with pytest.raises(SchelixError, match="it was not run"):
         SCHelix.load(tmp_path / "m", adata_split)
 
 

@@ -118,7 +118,7 @@ def test_load_refuses_a_pickle_payload_without_running_it(adata_split, tmp_path:
         schelix.SCHelix.load(folder, adata_split)
     assert info.value.fix and not marker.exists()
     (folder / "model.pt").write_bytes(pickle.dumps(Payload()))  # a bare pickle, too
-    with pytest.raises(SchelixError, match="model.pt"):
+    with pytest.raises(SchelixError, match=r"model\.pt"):
         schelix.SCHelix.load(folder, adata_split)
     assert not marker.exists()
     pickle.loads((folder / "model.pt").read_bytes())  # the payload is real: unpickling runs it
