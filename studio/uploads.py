@@ -55,7 +55,7 @@ def read_uploads(
                 adata = read_many(
                     [p for p, _ in stored],
                     batch_key=MULTI_BATCH_KEY,
-                    names=None if len(set(shown)) < len(shown) else _names(shown),
+                    names=_names(shown),  # after the user's names, not the stored ones
                     shown=shown,
                     workdir=folder,
                 )
