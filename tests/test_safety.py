@@ -226,3 +226,23 @@ def test_three_10x_files_run_as_three_batches_in_the_app(three_h5) -> None:
     assert status["status"] == "finished", status
     trained = ws.load_adata("train")
     assert trained.obs["sample"].nunique() == 3 and "X_schelix" in trained.obsm
+
+
+def test_the_server_binds_to_localhost_with_a_sane_upload_limit() -> None:
+    import tomllib
+
+    server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    assert server["address"] == "localhost" and 0 < server["maxUploadSize"] <= 1024
+
+
+def test_open_by_path_only_in_local_mode(monkeypatch, tmp_path: Path) -> None:
+    data = tmp_path / "big.h5ad"
+    schelix.datasets.synthetic(120, 60, seed=3).write_h5ad(data)
+    at, _ = upload([])
+    assert not [t for t in at.text_input if t.key == "local_path"]  # shared server: no paths
+    monkeypatch.setenv("SCHELIX_LOCAL_MODE", "1")
+    at, ws = upload([])
+    at.text_input(key="local_path").input(str(data)).run()
+    at.button(key="open_path").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert ws.has_adata("data") and list((ws.path / "uploads").iterdir()) == []  # not copied
