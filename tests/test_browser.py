@@ -136,7 +136,7 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     page.get_by_role("button", name="Use the demo data").click()
     page.get_by_role("heading", name=re.compile("Your data")).wait_for(timeout=LONG)
     _settle(page)
-    ws = re.search(r"[?&]ws=([0-9a-f]+)", page.url).group(1)
+    ws = re.search(r"[?&]ws=([A-Za-z0-9_-]+)", page.url).group(1)
     page.get_by_text("2,000").first.wait_for()  # the demo's cells, in the summary
     _shot(page, "02_data")
 
