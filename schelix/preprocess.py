@@ -105,7 +105,7 @@ def filter_qc(
     check_batches(summary)
     removed = _drop_tiny(adata, summary, batch_key) if batch_key is not None else []
     cell_mask = summary.pop("cell_mask")
-    gene_mask = qc_mod._gene_mask(adata, cell_mask, min_cells)
+    gene_mask = qc_mod.detected_genes(adata, cell_mask, min_cells)
     summary.pop("gene_mask")
     n_cells, n_genes = int(cell_mask.sum()), int(gene_mask.sum())
     if n_cells < MIN_CELLS_AFTER_QC or n_genes < MIN_GENES_AFTER_QC:
