@@ -136,7 +136,8 @@ def run_dataset(
         for method, (key, s) in keys.items():
             res = score_on(adata, key, batch_key, label_key, seed)
             rows.append({**base, "method": method, **res, "seconds": s})
-            print(f"  seed {seed} {method:<28} Overall {res['Overall']:.3f}", flush=True)
+            print(f"  seed {seed} {method:<28} " + " ".join(f"{m} {res[m]:.3f}" for m in METRICS),
+                  flush=True)  # fmt: skip
         if "diagnostic" in methods:
             diag = anchor_diagnostic(adata, batch_key=batch_key, label_key=label_key, seed=seed,
                                      n_random=3)  # fmt: skip
