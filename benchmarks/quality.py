@@ -200,8 +200,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--methods", nargs="+", default=["pca", "harmony", "schelix"], choices=METHODS)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="benchmarks/results/quality.csv")
+    p.add_argument("--combine", nargs="+", default=None, metavar="CSV",
+                   help="merge the per-seed CSVs of earlier runs (e.g. one per seed) into --out")  # fmt: skip
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.combine:
+        return write(pd.concat(map(pd.read_csv, args.combine)).to_dict("records"), args.out)
     rows = []
     for name in args.datasets:
         rows += run_dataset(name, args.seeds, args.methods, args.device)
