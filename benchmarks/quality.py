@@ -136,7 +136,8 @@ def run_dataset(
         for method, (key, s) in keys.items():
             res = score_on(adata, key, batch_key, label_key, seed)
             rows.append({**base, "method": method, **res, "seconds": s})
-            print(f"  seed {seed} {method:<28} Overall {res['Overall']:.3f}", flush=True)
+            print(f"  seed {seed} {method:<28} " + " ".join(f"{m} {res[m]:.3f}" for m in METRICS),
+                  flush=True)  # fmt: skip
         if "diagnostic" in methods:
             diag = anchor_diagnostic(adata, batch_key=batch_key, label_key=label_key, seed=seed,
                                      n_random=3)  # fmt: skip
@@ -199,8 +200,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--methods", nargs="+", default=["pca", "harmony", "schelix"], choices=METHODS)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="benchmarks/results/quality.csv")
+    p.add_argument("--combine", nargs="+", default=None, metavar="CSV",
+                   help="merge the per-seed CSVs of earlier runs (e.g. one per seed) into --out")  # fmt: skip
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.combine:
+        return write(pd.concat(map(pd.read_csv, args.combine)).to_dict("records"), args.out)
     rows = []
     for name in args.datasets:
         rows += run_dataset(name, args.seeds, args.methods, args.device)

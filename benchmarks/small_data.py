@@ -22,6 +22,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 from quality import DATA, DATASETS, baselines, kept_share, score_on, user_run, write
 
 
@@ -47,10 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--floors", nargs="+", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="benchmarks/results/small_data.csv")
+    p.add_argument("--combine", nargs="+", default=None, metavar="CSV",
+                   help="merge the per-seed CSVs of earlier runs into --out")  # fmt: skip
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    rows: list[dict] = []
     by = ("dataset", "n_cells", "method")
+    if args.combine:
+        write(pd.concat(map(pd.read_csv, args.combine)).to_dict("records"), args.out, by)
+        return
+    rows: list[dict] = []
     for name in args.datasets:
         batch_key, label_key = DATASETS[name]
         full = ad.read_h5ad(DATA / f"{name}.h5ad")

@@ -129,11 +129,18 @@ class SCHelixConfig:
         "training",
     )
     max_epochs: int = _f(60, "Upper bound on epochs.", "training")
+    # The floor: measured on stratified 300- and 1,000-cell subsamples of the three benchmark
+    # datasets (benchmarks/EXPERIMENTS.md, "A schedule that fits the data size"). 60 epochs
+    # are 120-240 steps there, too few; 1,000 steps helped at 1,000 cells but over-trained
+    # 300 cells (500 epochs), where 500 steps (250 epochs) was best.
     min_steps: int = _f(
-        0,
-        "Floor on training steps for small datasets (applies when max_epochs gives fewer; "
-        "max_steps still caps it).",
+        1000,
+        "Floor on training steps for small data (used when max_epochs gives fewer; at most "
+        "min_steps_epochs epochs; max_steps still caps it).",
         "training",
+    )
+    min_steps_epochs: int = _f(
+        250, "The step floor never asks for more than this many epochs.", "training"
     )
     warmup_steps: int = _f(
         3000, "Align-only warm-up steps before fusion (capped at half the run).", "training"
@@ -159,7 +166,8 @@ class SCHelixConfig:
                 f"latent_dim ({self.latent_dim}) must be divisible by refine_tokens ({self.refine_tokens})",
                 "pick values such as 64 and 8",
             )
-        for name in ("batch_size", "max_steps", "graph_top_k", "n_scales", "graph_rebuild_every"):
+        for name in ("batch_size", "max_steps", "graph_top_k", "n_scales", "graph_rebuild_every",
+                     "max_epochs"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise SchelixError(
                     f"{name} must be >= 1, got {getattr(self, name)}",

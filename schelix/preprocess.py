@@ -1,10 +1,12 @@
 """Shared preprocessing (paper Appendix B.1): QC, normalization and the batch-aware HVG pool.
 
-The output of :func:`preprocess` is the input of every later step: all QC-passing
-genes, ``X`` = log-normalized float32 CSR, ``layers["counts"]`` = raw counts (when
-the input had them), ``var["highly_variable"]`` = the shared HVG pool,
-``obs[batch_key]`` categorical, and ``uns["schelix"]["preprocess"]`` = parameters
-and what QC kept.
+:func:`preprocess` takes any input type (:mod:`schelix.input_type`), runs QC
+(:mod:`schelix.qc`: adaptive per-batch outliers by default), normalizes and selects
+HVGs. Its output is the input of every later step: all QC-passing genes, ``X`` =
+log-normalized float32 CSR, ``layers["counts"]`` = raw counts (when the input had or
+gave them), ``var["highly_variable"]`` = the shared HVG pool, ``obs[batch_key]``
+categorical, and ``uns["schelix"]["preprocess"]`` = parameters, the input kind and
+the per-batch QC record (``qc``).
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def filter_qc(
     check_batches(summary)
     removed = _drop_tiny(adata, summary, batch_key) if batch_key is not None else []
     cell_mask = summary.pop("cell_mask")
-    gene_mask = qc_mod._gene_mask(adata, cell_mask, min_cells)
+    gene_mask = qc_mod.detected_genes(adata, cell_mask, min_cells)
     summary.pop("gene_mask")
     n_cells, n_genes = int(cell_mask.sum()), int(gene_mask.sum())
     if n_cells < MIN_CELLS_AFTER_QC or n_genes < MIN_GENES_AFTER_QC:

@@ -38,6 +38,7 @@ __all__ = [
     "cell_flags",
     "check_batches",
     "default_min_genes",
+    "detected_genes",
     "mito_genes",
     "qc_masks",
     "qc_metrics",
@@ -219,7 +220,7 @@ def cell_flags(
     return flags, pd.DataFrame(rows).set_index("batch")
 
 
-def _gene_mask(adata: ad.AnnData, cell_mask: np.ndarray, min_cells: int) -> np.ndarray:
+def detected_genes(adata: ad.AnnData, cell_mask: np.ndarray, min_cells: int) -> np.ndarray:
     """Genes detected in at least ``min_cells`` of the masked cells (one pass over non-zeros)."""
     m = sp.csr_matrix(adata.layers["counts"] if "counts" in adata.layers else adata.X)
     row_kept = np.repeat(cell_mask, np.diff(m.indptr)) & (m.data != 0)
@@ -238,7 +239,7 @@ def qc_masks(adata: ad.AnnData, *, min_cells: int = 3, **options) -> tuple[np.nd
     ``(cell_mask, gene_mask)``, boolean arrays of length n_obs and n_vars.
     """
     cell_mask = cell_flags(adata, **options)[0]["keep"].to_numpy()
-    return cell_mask, _gene_mask(adata, cell_mask, min_cells)
+    return cell_mask, detected_genes(adata, cell_mask, min_cells)
 
 
 def qc_summary(adata: ad.AnnData, *, batch_key: str | None = None, qc: str = "adaptive",
@@ -258,7 +259,7 @@ def qc_summary(adata: ad.AnnData, *, batch_key: str | None = None, qc: str = "ad
     per.insert(0, "cells", pd.Series(batch).value_counts().reindex(per.index).to_numpy())
     per = per.rename(columns={"keep": "kept"}).join(thr)
     cell_mask = flags["keep"].to_numpy()
-    gene_mask = _gene_mask(adata, cell_mask, min_cells)
+    gene_mask = detected_genes(adata, cell_mask, min_cells)
     return {
         "qc": qc,
         "options": {k: v for k, v in options.items() if v is not None},

@@ -142,7 +142,7 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
 
     _goto(page, server, "QC", ws, "Quality control")
     # the demo takes the same adaptive per-batch defaults as any upload (no special case)
-    page.get_by_text("Adaptive, per batch (default)").wait_for()
+    page.get_by_text("Adaptive, per batch (default)").wait_for(timeout=LONG)
     assert page.get_by_role("spinbutton", name="Max mitochondrial %", exact=True).count() == 0
     page.locator('[data-testid="stDataFrame"]').first.wait_for()  # the per-batch QC summary
     page.get_by_role("button", name="Apply").click()

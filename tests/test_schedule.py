@@ -1,0 +1,31 @@
+"""The training schedule fits the data size: a step floor for small data, the cap for large."""
+
+from __future__ import annotations
+
+import pytest
+
+from schelix.config import SCHelixConfig
+from schelix.train import schedule
+
+
+@pytest.mark.parametrize(
+    ("n_cells", "total"),
+    [
+        (100, 250),  # the floor stops at 250 epochs (1 step each)
+        (300, 500),  # 250 epochs of 2 steps, not 60 epochs (120 steps)
+        (1_000, 1_000),  # the 1,000-step floor, not 60 epochs (240 steps)
+        (2_000, 1_000),
+        (5_000, 1_200),  # 60 epochs are more than the floor
+        (14_000, 3_300),
+        (100_000, 6_000),  # large data keeps the step cap
+    ],
+)
+def test_schedule_floor_and_cap(n_cells, total):
+    steps, warmup = schedule(n_cells, SCHelixConfig())
+    assert steps == total and warmup == min(3000, total // 2)
+
+
+def test_schedule_explicit_steps_and_settings():
+    assert schedule(300, SCHelixConfig(), max_steps=40) == (40, 20)  # an explicit cap wins
+    assert schedule(300, SCHelixConfig(min_steps=0))[0] == 120  # floor off: 60 epochs
+    assert schedule(300, SCHelixConfig(min_steps_epochs=1000))[0] == 1000
