@@ -19,6 +19,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import ast
 import time
 import warnings
 from pathlib import Path
@@ -74,14 +75,15 @@ def paper_scores(emb: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, fl
     }
 
 
-def embed(method: str, adata: ad.AnnData, *, seed: int, epochs: int) -> np.ndarray:
+def embed(method: str, adata: ad.AnnData, *, seed: int, epochs: int, **scvae: object) -> np.ndarray:
     """A 10-d embedding of one batch by ``method``."""
     if method == "scvae":
         from schelix.methods.scvae import fit_scvae
 
         one = adata.copy()
         one.obs["_batch"] = "all"
-        return fit_scvae(one, batch_key="_batch", seed=seed, device="cpu", epochs=epochs).embedding
+        res = fit_scvae(one, batch_key="_batch", seed=seed, device="cpu", epochs=epochs, **scvae)
+        return res.embedding
     if method.startswith("scvi"):
         import scvi
 
@@ -109,6 +111,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--out", default="benchmarks/results/scvae_single_batch.csv")
+    p.add_argument("--scvae", nargs="*", default=[], metavar="NAME=VALUE", help="scVAE options")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     import torch
@@ -123,15 +126,18 @@ def main() -> None:
     keep = ~pd.Series(labels).str.lower().isin(MISSING).to_numpy()
     print(f"{args.dataset} batch {batch}: {adata.n_obs} cells, {adata.n_vars} genes, "
           f"{len(np.unique(labels[keep]))} labelled types", flush=True)  # fmt: skip
+    scvae = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in args.scvae)}
     rows = []
     for method in args.methods:
         for seed in args.seeds:
             t0 = time.perf_counter()
-            emb = embed(method, adata, seed=seed, epochs=args.epochs)
+            emb = embed(method, adata, seed=seed, epochs=args.epochs, **scvae)
             row = {"method": method, "seed": seed, "seconds": time.perf_counter() - t0}
             row.update(paper_scores(emb[keep], labels[keep], seed))
             rows.append(row)
-            print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            print(
+                {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True
+            )
     df = pd.DataFrame(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)

@@ -246,8 +246,8 @@ def fit_scvae(
     }
 
     def to_torch(rows: np.ndarray, jitter: bool):
-        """Dense ``(log1p(counts), counts)`` of one mini-batch: a mini-batch is small (at most
-        ``batch_size`` x genes), and a dense product is much faster than a sparse one on CPU."""
+        """Dense ``(log1p(counts), counts)`` of one mini-batch (at most ``batch_size`` x genes):
+        small enough to hold dense, and it spares the sparse-COO build and conversions."""
         m = counts[rows].toarray()
         if jitter:
             m *= rng.uniform(1 - depth_jitter, 1 + depth_jitter, (len(rows), 1)).astype(np.float32)
