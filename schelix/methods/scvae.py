@@ -89,7 +89,7 @@ def _build(G: int, H: int, n_latent: int, n_b: int, alpha_init: float, beta_bm: 
             # SC layer with this batch's mask, then this batch's eBM sub-module
             h = torch.cat(
                 [
-                    self.ebm(torch.sparse.mm(xs, self.w_enc * masks[b]) + self.b_enc, b)
+                    self.ebm(xs @ (self.w_enc * masks[b]) + self.b_enc, b)
                     for b, xs in xs_by_batch
                 ]
             )
@@ -231,6 +231,7 @@ def fit_scvae(
     n_init = min(max(int(alpha_init * H), n_min), n_max)
     base = torch.rand(G, H, generator=gen, device=dev).argsort(1) < n_init
     masks = base.unsqueeze(0).repeat(n_b, 1, 1)  # (batches, genes, hidden), bool
+    weights = masks.float()  # the same masks as 0/1 factors, refreshed after each update
     model = _build(G, H, n_latent, n_b, alpha_init, beta_bm, seed).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     limits = {
@@ -245,24 +246,13 @@ def fit_scvae(
     }
 
     def to_torch(rows: np.ndarray, jitter: bool):
-        m = counts[rows]
+        """Dense ``(log1p(counts), counts)`` of one mini-batch (at most ``batch_size`` x genes):
+        small enough to hold dense, and it spares the sparse-COO build and conversions."""
+        m = counts[rows].toarray()
         if jitter:
-            m = (
-                sp.diags(
-                    rng.uniform(1 - depth_jitter, 1 + depth_jitter, len(rows)).astype(np.float32)
-                )
-                @ m
-            )
-        coo = m.tocoo()
-        ij = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-        val = torch.from_numpy(coo.data.astype(np.float32))
-
-        def coo(v):
-            return torch.sparse_coo_tensor(
-                ij, v, m.shape, is_coalesced=True, check_invariants=False
-            ).to(dev)
-
-        return coo(torch.log1p(val)), coo(val)
+            m *= rng.uniform(1 - depth_jitter, 1 + depth_jitter, (len(rows), 1)).astype(np.float32)
+        raw = torch.from_numpy(m).to(dev)
+        return torch.log1p(raw), raw
 
     members = [np.flatnonzero(codes == b) for b in range(n_b)]
     present = [b for b in range(n_b) if len(members[b])]
@@ -275,10 +265,10 @@ def fit_scvae(
         for _ in range(steps):
             groups = [(b, rng.choice(members[b], per_batch, replace=True)) for b in present]
             xs = [(b, *to_torch(rows, True)) for b, rows in groups]
-            mu_z, logvar = model.encode([(b, x) for b, x, _ in xs], masks)
+            mu_z, logvar = model.encode([(b, x) for b, x, _ in xs], weights)
             z = mu_z + torch.randn(mu_z.shape, generator=gen, device=dev) * (0.5 * logvar).exp()
-            logits = model.decode(z, [(b, per_batch) for b in present], masks)
-            raw = torch.cat([r.to_dense() for _, _, r in xs])
+            logits = model.decode(z, [(b, per_batch) for b in present], weights)
+            raw = torch.cat([r for _, _, r in xs])
             bidx = torch.tensor(np.repeat(present, per_batch), device=dev)
             mean = torch.softmax(logits, 1) * raw.sum(1, keepdim=True)
             pi = model.pi_logits[bidx]
@@ -300,6 +290,7 @@ def fit_scvae(
             with torch.no_grad():
                 for b in present:
                     _update_connections(masks[b], model.w_enc, se[b], **limits)
+                weights = masks.float()
         if progress is not None:
             progress(
                 (epoch + 1) / epochs, f"scVAE epoch {epoch + 1}/{epochs}, loss {loss.item():.1f}"
@@ -311,7 +302,7 @@ def fit_scvae(
         for b in present:
             for i in range(0, len(members[b]), 2048):
                 rows = members[b][i : i + 2048]
-                emb[rows] = model.encode([(b, to_torch(rows, False)[0])], masks)[0].cpu().numpy()
+                emb[rows] = model.encode([(b, to_torch(rows, False)[0])], weights)[0].cpu().numpy()
     return ScVAEResult(
         emb, masks.sum(2).cpu().numpy(), n_min, n_max, list(map(str, adata.var_names))
     )
