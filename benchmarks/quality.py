@@ -111,7 +111,12 @@ def baselines(
 
 
 def run_dataset(
-    name: str, seeds: list[int], methods: list[str], device: str, path: Path | None = None
+    name: str,
+    seeds: list[int],
+    methods: list[str],
+    device: str,
+    path: Path | None = None,
+    extra: list[str] | tuple[str, ...] = (),
 ) -> list[dict]:
     from schelix.evaluate import anchor_diagnostic
 
@@ -119,7 +124,7 @@ def run_dataset(
     path = path or DATA / f"{name}.h5ad"
     rows: list[dict] = []
     for seed in seeds:
-        adata, secs = user_run(path, batch_key, label_key, seed, device=device)
+        adata, secs = user_run(path, batch_key, label_key, seed, device=device, extra=extra)
         before, kept, share = kept_share(adata)
         steps = int(adata.uns["schelix"]["train"]["steps"])
         print(f"# {name} seed {seed}: kept {kept} of {before} cells (every batch >= "
@@ -200,6 +205,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--methods", nargs="+", default=["pca", "harmony", "schelix"], choices=METHODS)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="benchmarks/results/quality.csv")
+    p.add_argument("--run-arg", action="append", default=[], metavar="ARG",
+                   help="extra `schelix run` argument, for diagnostics only (repeat: "
+                   "--run-arg=--qc --run-arg=fixed); the benchmark itself passes none")  # fmt: skip
     p.add_argument("--combine", nargs="+", default=None, metavar="CSV",
                    help="merge the per-seed CSVs of earlier runs (e.g. one per seed) into --out")  # fmt: skip
     args = p.parse_args(argv)
@@ -208,7 +216,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         return write(pd.concat(map(pd.read_csv, args.combine)).to_dict("records"), args.out)
     rows = []
     for name in args.datasets:
-        rows += run_dataset(name, args.seeds, args.methods, args.device)
+        rows += run_dataset(name, args.seeds, args.methods, args.device, extra=args.run_arg)
     return write(rows, args.out)
 
 

@@ -274,6 +274,8 @@ def apply(adata: ad.AnnData, found: InputType) -> ad.AnnData:
         adata.layers.pop("counts", None)
     adata.raw = None
     info = adata.uns.setdefault("schelix", {}).setdefault("input", {})
+    if not found.recovered and info.get("kind") == found.kind and "values_source" in info:
+        return adata  # applied before (e.g. by schelix.read): keep where the values came from
     info.update(
         kind=found.kind,
         counts_found=found.kind == "counts",

@@ -78,6 +78,7 @@ def test_recoverable_forms_give_the_counts_run(pbmc, reference, kind, tmp_path):
     assert info["recovered"] is (kind not in ("layers",))
     np.testing.assert_array_equal(a.layers["counts"].toarray(), pbmc.X.toarray())
     out = pp.preprocess(a, batch_key=BATCH)
+    assert out.uns["schelix"]["input"]["recovered"] is info["recovered"]  # provenance kept
     assert list(out.obs_names) == list(reference.obs_names)  # the same cells kept
     assert out.uns["schelix"]["preprocess"]["hvg_flavor"] == "seurat_v3"
     assert list(out.var_names[out.var["highly_variable"]]) == list(

@@ -88,10 +88,7 @@ def _build(G: int, H: int, n_latent: int, n_b: int, alpha_init: float, beta_bm: 
         def encode(self, xs_by_batch, masks):
             # SC layer with this batch's mask, then this batch's eBM sub-module
             h = torch.cat(
-                [
-                    self.ebm(xs @ (self.w_enc * masks[b]) + self.b_enc, b)
-                    for b, xs in xs_by_batch
-                ]
+                [self.ebm(xs @ (self.w_enc * masks[b]) + self.b_enc, b) for b, xs in xs_by_batch]
             )
             h = self.enc_fc(h)
             return self.mean(h), self.logvar(h).clamp(-10, 10)
