@@ -2,10 +2,14 @@
 
 ``qc="adaptive"`` (default) flags, within each batch, the cells that are outliers by
 median absolute deviations (MADs) — the approach of the single-cell best-practices book
-(Heumos et al. 2023, Nat Rev Genet; "Quality control" chapter):
+(Heumos et al. 2023, Nat Rev Genet; "Quality control" chapter), one-sided as in scater's
+``quickPerCellQC`` (OSCA, "Quality Control"):
 
 - ``log1p(total counts)`` or ``log1p(genes detected)`` more than ``n_mads`` (5) MADs
-  from the batch median, below (empty or broken droplets) or above (likely doublets);
+  *below* the batch median (empty or broken droplets). Cells far *above* it are kept:
+  on Kang et al. those are monocytes, DCs and megakaryocytes (cell types with more RNA),
+  and removing them cost scHelix 0.01-0.02 Overall (``benchmarks/EXPERIMENTS.md``);
+  doublets are a doublet detector's job, not a count cut-off's;
 - mitochondrial % above ``max(median + n_mads MADs, 10 %)``: the 10 % floor (Osorio &
   Cai 2021, Bioinformatics 37:963, human tissues) keeps a clean batch whole;
 - fewer detected genes than ``200 x panel size / 20,000`` (at most 200): a hard floor
@@ -62,7 +66,6 @@ QC_OBS = ("n_genes_by_counts", "total_counts", "pct_counts_mt")
 #: per-cell flag column -> what the summary calls it
 REASONS = {
     "low": "few counts/genes",
-    "high": "many counts/genes",
     "mito": "high mito %",
     "min_genes": "< min genes",
 }
@@ -155,10 +158,12 @@ def _batches(adata: ad.AnnData, batch_key: str | None) -> tuple[np.ndarray, list
     return batch, [b for b in order if b in set(batch)]
 
 
-def _bounds(x: np.ndarray, n_mads: float, min_mad: float = 0.0) -> tuple[float, float]:
-    med = float(np.median(x))
-    mad = max(float(median_abs_deviation(x)), min_mad)
-    return med - n_mads * mad, med + n_mads * mad
+def _lower_bound(x: np.ndarray, n_mads: float, min_mad: float = 0.0) -> float:
+    return float(np.median(x)) - n_mads * max(float(median_abs_deviation(x)), min_mad)
+
+
+def _upper_bound(x: np.ndarray, n_mads: float) -> float:
+    return float(np.median(x)) + n_mads * float(median_abs_deviation(x))
 
 
 def cell_flags(
@@ -182,7 +187,7 @@ def cell_flags(
     -------
     ``(flags, thresholds)``: per cell the booleans of :data:`REASONS` and ``keep``; per
     batch ``gene_floor``, ``mito_cutoff`` (NaN without mitochondrial genes) and
-    (adaptive) the bounds ``counts_low``/``counts_high``/``genes_low``/``genes_high``.
+    (adaptive) the lower bounds ``counts_low`` and ``genes_low``.
     """
     _check_mode(qc)
     if not all(c in adata.obs for c in QC_OBS):
@@ -203,13 +208,13 @@ def cell_flags(
         if qc == "fixed":
             cut = PAPER_MAX_MITO_PCT if max_mito_pct is None else float(max_mito_pct)
         else:
-            low = high = np.zeros(int(idx.sum()), dtype=bool)
+            low = np.zeros(int(idx.sum()), dtype=bool)
             for name, x in (("counts", np.log1p(total[idx])), ("genes", np.log1p(genes[idx]))):
-                lo, hi = _bounds(x, n_mads, _MIN_LOG_MAD)
-                low, high = low | (x < lo), high | (x > hi)
-                row[f"{name}_low"], row[f"{name}_high"] = float(np.expm1(lo)), float(np.expm1(hi))
-            flags.loc[idx, "low"], flags.loc[idx, "high"] = low, high
-            cut = max(_bounds(mito[idx], n_mads)[1], mito_floor_pct)
+                lo = _lower_bound(x, n_mads, _MIN_LOG_MAD)
+                low |= x < lo
+                row[f"{name}_low"] = float(np.expm1(lo))
+            flags.loc[idx, "low"] = low
+            cut = max(_upper_bound(mito[idx], n_mads), mito_floor_pct)
             if max_mito_pct is not None:
                 cut = min(cut, float(max_mito_pct))
         row["mito_cutoff"] = float(cut) if has_mito else float("nan")
@@ -285,14 +290,12 @@ def summary_frame(summary: dict) -> pd.DataFrame:
     for col, label in REASONS.items():
         if col in per and (summary["qc"] == "adaptive" or col in ("mito", "min_genes")):
             out[label] = per[col].astype(int)
-    out["min genes"] = per["gene_floor"].astype(int)
+    # a cell needs at least each batch's lower MAD bound and the hard floor
+    floor = per["gene_floor"].astype(float)
     if "genes_low" in per:
-        out["genes range"] = [
-            f"{lo:.0f}-{hi:.0f}" for lo, hi in zip(per["genes_low"], per["genes_high"])
-        ]
-        out["counts range"] = [
-            f"{lo:.0f}-{hi:.0f}" for lo, hi in zip(per["counts_low"], per["counts_high"])
-        ]
+        floor = np.maximum(floor, np.ceil(per["genes_low"]))
+        out["min counts"] = np.ceil(per["counts_low"]).clip(lower=0).astype(int)
+    out["min genes"] = floor.astype(int)
     out["max mito %"] = per["mito_cutoff"].round(1)
     return out
 
