@@ -59,6 +59,8 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         ).iloc[0]
         for name, a in (("one", one), ("two", two))
     }
-    print({k: v[["ARI", "NMI", "ASW_batch", "Overall"]].round(3).to_dict() for k, v in scores.items()})
+    print(
+        {k: v[["ARI", "NMI", "ASW_batch", "Overall"]].round(3).to_dict() for k, v in scores.items()}
+    )
     for metric in ("Overall", "ARI"):
         assert abs(scores["two"][metric] - scores["one"][metric]) <= 0.05
