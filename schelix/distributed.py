@@ -151,10 +151,15 @@ def _train_shard(
     finally:
         backed.file.close()
     steps = plan["steps"]
-    # every rank must take the same number of steps: the global schedule, not the shard's
+    # every rank must take the same number of steps: the global schedule, not the shard's.
+    # MixUp neighbours are found within the shard, which holds 1/world of the cells: k / world
+    # keeps the neighbourhood the same share of the data as in one process (with k unchanged,
+    # 2 ranks mixed each cell with half its shard and lost the cell types: Overall 0.68 against
+    # 0.86 for one process; with k / 2, 0.90; benchmarks/EXPERIMENTS.md, issue 16)
     cfg = config.replace(
-        batch_size=max(1, config.batch_size // world), max_epochs=steps, snapshot_every=steps
-    )
+        batch_size=max(1, config.batch_size // world), max_epochs=steps, snapshot_every=steps,
+        mixup_k=max(1, round(config.mixup_k / world)),
+    )  # fmt: skip
     model = SCHelix(shard, cfg)
     model.meta, model.gate, model.seed, model.device = plan["meta"], plan["gate"], seed, device
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP also broadcasts them)
