@@ -17,7 +17,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from schelix import anchors
+from schelix import anchors, layouts
 
 __all__ = ["export", "method_label", "read_metrics", "to_matplotlib", "versions", "write_figure"]
 
@@ -228,7 +228,9 @@ def export(
 ) -> dict[str, Path]:
     """Write everything a user takes home into ``out_dir``; returns ``{name: path}``.
 
-    - ``schelix_integrated.h5ad``: every embedding in ``obsm`` (``X_umap`` = fused UMAP),
+    - ``schelix_integrated.h5ad``: every embedding in ``obsm``, named by
+      :func:`schelix.layouts.for_viewers` (``X_umap`` = fused UMAP, ``X_umap_<stage>``;
+      the latents without ``X_``: ``schelix``, ``harmony`` ...),
       ``var["schelix_stream"]``, and in ``uns["schelix"]["export"]`` the metrics ``tables``,
       the app's ``params`` per step, package versions and the seed;
     - ``anchor_genes.csv``, ``variant_genes.csv``, ``gene_scores.csv``, ``<table>.csv``;
@@ -247,9 +249,7 @@ def export(
     for name, df in tables.items():
         files[name] = out / f"{name}.csv"
         df.to_csv(files[name])
-    result = adata.copy()
-    if "X_schelix_umap" in result.obsm and "X_umap" not in result.obsm:
-        result.obsm["X_umap"] = result.obsm["X_schelix_umap"]
+    result = layouts.for_viewers(adata)  # only 2-d layouts start with X_ (cellxgene)
     result.uns.setdefault("schelix", {})["export"] = _clean(
         {
             "versions": versions(),

@@ -113,7 +113,7 @@ def test_export_writes_a_reopenable_h5ad_and_every_file(
     )
     back = ad.read_h5ad(files["h5ad"])
     assert np.allclose(back.obsm["X_umap"], integrated.obsm["X_schelix_umap"])
-    assert "X_schelix" in back.obsm and "X_schelix_anchor_refined" in back.obsm
+    assert "schelix" in back.obsm and "X_umap_anchor_refined" in back.obsm  # viewer names
     assert list(back.var["schelix_stream"].cat.categories) == ["anchor", "variant", "unused"]
     exp = back.uns["schelix"]["export"]
     assert (
