@@ -106,12 +106,18 @@ def to_matplotlib(fig: Any) -> Any:
     pairs = _axis_pairs(fig)
     ncols = min(3, len(pairs))
     nrows = int(np.ceil(len(pairs) / ncols))
-    mfig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False)
+    n_bars = sum(len(tr.x) for tr in fig.data if tr.type == "bar")
+    width = max(4.5 * ncols, 3.0 + 0.22 * n_bars if len(pairs) == 1 else 0.0)
+    mfig, axes = plt.subplots(nrows, ncols, figsize=(width, 3.6 * nrows), squeeze=False)
     ax_of = {p: axes.flat[i] for i, p in enumerate(pairs)}
     titles = [a.text for a in (fig.layout.annotations or ())]
     for i, (ax, title) in enumerate(zip(axes.flat, titles)):
         if i < len(pairs):
             ax.set_title(title, fontsize=9)
+    bars: dict[Any, list[Any]] = {ax: [] for ax in ax_of.values()}
+    for tr in fig.data:  # bar traces sharing a panel are drawn side by side (barmode="group")
+        if tr.type == "bar":
+            bars[ax_of[(tr.xaxis or "x", tr.yaxis or "y")]].append(tr)
     for tr in fig.data:
         ax = ax_of[(tr.xaxis or "x", tr.yaxis or "y")]
         label = tr.name if tr.showlegend is not False else None
@@ -136,14 +142,7 @@ def to_matplotlib(fig: Any) -> Any:
                 for xi, yi, t in zip(x, y, tr.text or ()) if "text" in (tr.mode or "") else ():
                     ax.annotate(str(t), (xi, yi), fontsize=7)
         elif tr.type == "bar":
-            ax.bar(
-                [str(v) for v in tr.x],
-                np.asarray(tr.y, dtype=float),
-                label=label,
-                color=color,
-                alpha=0.8,
-            )
-            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+            _bars(ax, tr, bars[ax_of[(tr.xaxis or "x", tr.yaxis or "y")]], label, color, fig)
         elif tr.type == "violin":
             pos = len(ax.collections)
             ax.violinplot([np.asarray(tr.y, dtype=float)], positions=[pos], showmedians=True)
@@ -166,9 +165,20 @@ def to_matplotlib(fig: Any) -> Any:
     first.set_xlabel(fig.layout.xaxis.title.text or "")
     first.set_ylabel(fig.layout.yaxis.title.text or "")
     if any(tr.showlegend is not False and tr.name for tr in fig.data) and len(fig.data) <= 30:
-        first.legend(fontsize=7, markerscale=3)
+        first.legend(fontsize=7, markerscale=3, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     mfig.tight_layout()
     return mfig
+
+
+def _bars(ax: Any, tr: Any, group: list[Any], label: str | None, color: Any, fig: Any) -> None:
+    """One bar per category of ``tr``; traces in ``group`` side by side, as plotly groups them."""
+    cats = list(dict.fromkeys(str(v) for t in group for v in t.x))
+    grouped = fig.layout.barmode in (None, "group") and len(group) > 1
+    n, j = (len(group), group.index(tr)) if grouped else (1, 0)
+    width = 0.8 / n
+    pos = np.array([cats.index(str(v)) for v in tr.x]) + (j - (n - 1) / 2) * width
+    ax.bar(pos, np.asarray(tr.y, dtype=float), width=width, label=label, color=color)
+    ax.set_xticks(range(len(cats)), cats, rotation=35, ha="right", fontsize=7)
 
 
 def _axis_ref(ref: str | None, axis: str) -> str:
@@ -248,7 +258,7 @@ def export(
         genes.to_csv(files["gene_scores"], index=False)
     for name, df in tables.items():
         files[name] = out / f"{name}.csv"
-        df.to_csv(files[name])
+        df.rename_axis(df.index.name or "method").to_csv(files[name])  # no blank header
     result = layouts.for_viewers(adata)  # only 2-d layouts start with X_ (cellxgene)
     result.uns.setdefault("schelix", {})["export"] = _clean(
         {
