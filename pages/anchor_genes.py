@@ -10,9 +10,10 @@ from schelix.gene_profile import gene_profile
 from studio import plots, ui
 
 ui.setup("anchors")
-ws = ui.require(ui.workspace(), "anchors")
+ws = ui.workspace()
 ui.sidebar(ws)
 ui.title("anchors", "Anchor genes")
+ws = ui.require(ws, "anchors")
 st.markdown(
     "Each highly variable gene gets two scores. **Domain sensitivity** (x): how much its "
     "expression shifts between batches. **Structure separability** (y): how well it separates "

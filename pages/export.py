@@ -6,12 +6,13 @@ import streamlit as st
 
 from schelix import anchors
 from schelix import stages as stage_embeddings
-from studio import export, jobs, plots, ui
+from studio import export, plots, training, ui
 
 ui.setup("export")
-ws = ui.require(ui.workspace(), "export")
+ws = ui.workspace()
 ui.sidebar(ws)
 ui.title("export", "Export your results")
+ws = ui.require(ws, "export", result="train")
 st.markdown(
     "- **Integrated data** (`.h5ad`): every embedding in `obsm` (`X_schelix` is the result, "
     "`X_umap` its UMAP so the file opens directly in cellxgene), the anchor / variant label of each "
@@ -30,10 +31,12 @@ if not use_metrics:
         "Run the Metrics step first if you want them included."
     )
 
+cant_export = ui.blocked(ws, "export", "A new export")
 if st.button(
     "Prepare the export files",
     type="primary",
     key="build_export",
+    disabled=cant_export,
     help="Writes every file into your workspace's export folder; download them below.",
 ):
     with ui.guard("Preparing the export"), st.spinner("Writing the files…"):
@@ -47,9 +50,12 @@ if st.button(
                 genes, mask, tau_dom=split["tau_dom"], tau_str=split["tau_str"]
             )
         }
-        train_job = jobs.find(ui.job_dir(ws, "train"))
-        if train_job is not None and train_job.records():
-            figures["loss_curves"] = plots.loss_curves(train_job.records())
+        if training.kept_records(adata):  # the kept run's own history, never a later job's
+            figures["loss_curves"] = plots.loss_curves(
+                training.kept_records(adata),
+                weights=training.weights(adata.uns["schelix"].get("train", {})),
+                names=training.TERM_NAMES,
+            )
         stages = {
             label: adata.obsm[stage_embeddings.umap_key(k)]
             for label, k in stage_embeddings.stage_keys(adata).items()

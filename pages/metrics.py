@@ -9,9 +9,10 @@ from schelix.methods import available_methods, get_method
 from studio import export, jobs, plots, ui
 
 ui.setup("metrics")
-ws = ui.require(ui.workspace(), "metrics")
+ws = ui.workspace()
 ui.sidebar(ws)
 ui.title("metrics", "Metrics: how good is the integration?")
+ws = ui.require(ws, "metrics", result="metrics")
 keys = ws.keys
 label_key = keys.get("label_key")
 if label_key:
@@ -53,10 +54,11 @@ device = st.radio(
 )
 job = jobs.find(ui.job_dir(ws, "metrics"))
 running = job is not None and job.active
+cant_score = ui.blocked(ws, "metrics", "Scoring")
 if st.button(
     "Run and score",
     type="primary",
-    disabled=running,
+    disabled=running or cant_score,
     key="run_metrics",
     help="Runs the ticked methods in the background, then scores every embedding.",
 ):

@@ -11,9 +11,10 @@ from schelix.errors import SchelixError
 from studio import plots, ui
 
 ui.setup("qc")
-ws = ui.require(ui.workspace(), "qc")
+ws = ui.workspace()
 ui.sidebar(ws)
 ui.title("qc", "Quality control")
+ws = ui.require(ws, "qc")
 st.markdown(
     "Empty or broken droplets show few counts and genes, doublets many, dying cells many "
     "mitochondrial reads. By default each batch is judged against its own median (**adaptive**: "

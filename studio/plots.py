@@ -163,8 +163,19 @@ def gene_profile(profile: Mapping[str, pd.DataFrame], gene: str) -> go.Figure:
     return fig
 
 
-def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figure:
-    """One panel per loss term over training steps; warm-up → fusion marked by a dotted line."""
+def loss_curves(
+    records: Sequence[Mapping],
+    *,
+    weights: Mapping[str, float] | None = None,
+    names: Mapping[str, str] | None = None,
+    max_points: int = 400,
+) -> go.Figure:
+    """One panel per trained loss term over training steps; warm-up → fusion dotted.
+
+    ``weights`` (term -> weight in the total): terms of weight 0 are not trained and not drawn;
+    each panel says its weight. ``names``: the terms in words (panel titles). The weighted
+    total comes first.
+    """
     rows = [r for r in records if "losses" in r]
     if not rows:
         return go.Figure()
@@ -175,10 +186,21 @@ def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figu
         rows = [rows[i] for i in keep]
     steps = np.array([r["step"] for r in rows])
     terms = list(dict.fromkeys(t for r in rows for t in r["losses"]))
+    if weights is not None:
+        terms = [t for t in terms if t == "total" or weights.get(t, 1.0) != 0]
     terms.sort(key=lambda t: t != "total")
+    names = names or {}
+
+    def title(t: str) -> str:
+        w = "" if weights is None or t == "total" else f" · weight {weights.get(t, 1.0):g}"
+        return f"{names.get(t, t)}{w}"
+
     ncol = 3
     fig = make_subplots(
-        rows=math.ceil(len(terms) / ncol), cols=ncol, subplot_titles=terms, vertical_spacing=0.12
+        rows=math.ceil(len(terms) / ncol),
+        cols=ncol,
+        subplot_titles=[title(t) for t in terms],
+        vertical_spacing=0.16,
     )
     fusion = [r["step"] for r in records if r.get("phase") == "fusion"]
     for i, term in enumerate(terms):
@@ -189,7 +211,7 @@ def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figu
                 x=steps,
                 y=y,
                 mode="lines",
-                name=term,
+                name=names.get(term, term),
                 showlegend=False,
                 line={"color": _PALETTE[i % len(_PALETTE)]},
             ),
@@ -198,8 +220,11 @@ def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figu
         )
         if fusion:
             fig.add_vline(x=fusion[0], line_dash="dot", line_color="#888", row=row, col=col)
+        fig.update_xaxes(title_text="training step", row=row, col=col)
+        fig.update_yaxes(title_text="loss", row=row, col=col)
+    fig.update_annotations(font_size=12)
     fig.update_layout(
-        height=200 * math.ceil(len(terms) / ncol) + 40, margin={"t": 40, "b": 10, "l": 10, "r": 10}
+        height=240 * math.ceil(len(terms) / ncol) + 40, margin={"t": 40, "b": 10, "l": 10, "r": 10}
     )
     return fig
 

@@ -1,0 +1,144 @@
+"""The result pages with a kept run (AppTest): what a first-time user sees after training.
+
+A cancelled run never replaces the kept run's curves; changing an earlier step leaves the
+results on show, marked stale; progress says what is happening; the loss curves show what is
+trained, in words. The workspace is built in seconds (``tests/app_workspace.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from app_workspace import FAKE_LOSS, trained_workspace  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from studio import jobs  # noqa: E402
+from studio.workspace import Workspace  # noqa: E402
+
+
+@pytest.fixture
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    monkeypatch.setenv("SCHELIX_WORKSPACE_ROOT", str(tmp_path / "workspaces"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("SCHELIX_EXTRA_TASKS", "app_workspace")
+    return trained_workspace(tmp_path / "workspaces")
+
+
+def _open(ws: Workspace, page: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["ws_id"] = ws.id
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def _figures(at: AppTest) -> dict[str, dict]:
+    return {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+
+
+def _values(v: object) -> list[float]:
+    """Plotly 7 sends arrays as ``{"dtype", "bdata"}`` (base64)."""
+    if isinstance(v, dict):
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def _wait_records(job: jobs.Job, n: int) -> None:
+    end = time.time() + 60
+    while len(job.records()) < n and time.time() < end:
+        time.sleep(0.1)
+
+
+def _loss_figure(at: AppTest) -> dict:
+    figs = [f for f in _figures(at).values() if "training step" in json.dumps(f["layout"])]
+    assert len(figs) == 1
+    return figs[0]
+
+
+def test_a_cancelled_run_does_not_replace_the_kept_curves(ws: Workspace) -> None:
+    kept = ws.load_adata("train").uns["schelix"]["history"]["total"]
+    job = jobs.start(ws.path / "jobs" / "train", "test_cancelled_train", {})
+    _wait_records(job, 5)
+    job.cancel()
+    assert job.wait(timeout=60)["status"] == "cancelled"
+    at = _open(ws, "pages/train.py")
+    fig = _loss_figure(at)
+    total = _values(fig["data"][0]["y"])
+    assert total == pytest.approx(list(kept))  # the kept run, not the cancelled job
+    assert FAKE_LOSS not in total
+    at = _open(ws, "pages/export.py")
+    at.button(key="build_export").click().run()
+    html = (ws.path / "export" / "figures" / "loss_curves.html").read_text()
+    assert str(FAKE_LOSS) not in html and "Weighted total" in html
+
+
+def test_the_loss_curves_show_what_is_trained_in_words(ws: Workspace) -> None:
+    fig = _loss_figure(_open(ws, "pages/train.py"))
+    names = [t["name"] for t in fig["data"]]
+    assert names[0].startswith("Weighted total")
+    assert not {"Distillation from the anchors (KD)", "Connectivity, fused embedding"} & set(names)
+    assert "kd" not in names and "conn_fused" not in names
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert any("Reconstruction of the variant genes · weight 1" in t for t in titles)
+    assert fig["layout"]["xaxis"]["title"]["text"] == "training step"
+    assert fig["layout"]["yaxis"]["title"]["text"] == "loss"
+
+
+def test_changing_qc_keeps_every_result_page_on_show_marked_stale(ws: Workspace) -> None:
+    at = _open(ws, "pages/export.py")
+    at.button(key="build_export").click().run()
+    ws.mark_done("qc", {**ws.params("qc"), "min_cells": 5})  # QC re-applied
+    assert ws.status("train") == "stale"
+    for page, shown in (
+        ("pages/train.py", "plotly_chart"),
+        ("pages/trajectory.py", "plotly_chart"),
+        ("pages/metrics.py", "dataframe"),
+        ("pages/export.py", "download_button"),
+    ):
+        at = _open(ws, page)
+        assert at.title and at.title[0].value[0].isdigit(), page  # the page has its title
+        assert any("stale" in w.value or "earlier settings" in w.value for w in at.warning), page
+        assert len(at.get(shown)) >= 1, page
+    at = _open(ws, "pages/train.py")
+    assert at.get("form_submit_button")[0].proto.disabled  # no training on stale anchors
+    assert any("Anchor genes" in i.value and "stale" in i.value for i in at.info)
+    at = _open(ws, "pages/export.py")
+    assert at.button(key="build_export").disabled
+    assert len(at.get("download_button")) >= 5  # the earlier files, still downloadable
+
+
+def test_a_blocked_page_keeps_its_title_and_sidebar(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SCHELIX_WORKSPACE_ROOT", str(tmp_path))
+    ws = Workspace.create(root=tmp_path)
+    at = _open(ws, "pages/train.py")
+    assert at.title and "Train" in at.title[0].value
+    assert any("not done yet" in i.value for i in at.info)
+    assert len(at.sidebar.get("page_link")) >= 7
+
+
+def test_training_progress_and_form_say_what_happens(ws: Workspace) -> None:
+    train = ws.load_adata("train").uns["schelix"]["train"]
+    assert train["max_steps"] == train["steps"] == 20  # the steps planned, not the 6,000 cap
+    at = _open(ws, "pages/train.py")  # a fresh session: the form shows the kept run's settings
+    assert at.number_input(key="steps").value == 20 and at.radio(key="device").value == "CPU"
+    assert at.number_input(key="batch_size").value == 64
+    assert any("This run" in c.value and "about" in c.value for c in at.caption)
+    job = jobs.start(ws.path / "jobs" / "train", "test_umap_stage", {})
+    _wait_records(job, 2)
+    at = _open(ws, "pages/train.py")
+    bars = [p.proto.text for p in at.get("progress")]
+    job.cancel()
+    assert bars and "UMAP 3 of 15" in bars[0] and "ETA" not in bars[0], bars
