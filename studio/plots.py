@@ -90,7 +90,8 @@ def quadrant(
     """
     fig = go.Figure()
     genes, x, y = table["gene"].to_numpy(), table["z_dom"].to_numpy(), table["z_str"].to_numpy()
-    hover = "<b>%{customdata}</b><br>domain sensitivity z = %{x:.2f}<br>structure z = %{y:.2f}"
+    label = table["symbol"].astype(str).to_numpy() if "symbol" in table else genes
+    hover = "<b>%{hovertext}</b><br>domain sensitivity z = %{x:.2f}<br>structure z = %{y:.2f}"
     for name, mask in (("anchor", anchor), ("variant", ~anchor)):
         fig.add_trace(
             go.Scattergl(
@@ -98,6 +99,7 @@ def quadrant(
                 y=y[mask],
                 mode="markers",
                 customdata=genes[mask],
+                hovertext=label[mask],
                 name=f"{name}s ({int(mask.sum())})",
                 hovertemplate=hover + f"<extra>{name}</extra>",
                 marker={"size": 5, "color": STREAM_COLORS[name], "opacity": 0.7},
@@ -110,7 +112,8 @@ def quadrant(
                 x=x[sel],
                 y=y[sel],
                 mode="markers+text",
-                text=genes[sel],
+                text=label[sel],
+                hovertext=label[sel],
                 customdata=genes[sel],
                 textposition="top center",
                 name="found",
@@ -158,6 +161,16 @@ def gene_profile(profile: Mapping[str, pd.DataFrame], gene: str) -> go.Figure:
             row=1,
             col=j,
         )
+        labels = [str(i) for i in df.index]
+        fig.update_xaxes(
+            tickmode="array",
+            tickvals=labels,
+            ticktext=labels,
+            type="category",
+            row=1,
+            col=j,
+            title_text="batch" if part == "per_batch" else "pseudo-cluster",
+        )  # every cluster labelled, not every other one
     fig.update_yaxes(title_text=f"{gene} (log-normalised)", row=1, col=1)
     fig.update_layout(height=320, margin={"t": 40, "b": 10, "l": 10, "r": 10})
     return fig

@@ -142,3 +142,29 @@ def test_training_progress_and_form_say_what_happens(ws: Workspace) -> None:
     bars = [p.proto.text for p in at.get("progress")]
     job.cancel()
     assert bars and "UMAP 3 of 15" in bars[0] and "ETA" not in bars[0], bars
+
+
+def test_ensembl_ids_show_and_find_their_symbols(ws: Workspace) -> None:
+    adata = ws.load_adata("anchors")
+    adata.var["gene_symbols"] = adata.var_names.astype(str)
+    adata.var_names = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    ws.save_adata("anchors", adata)
+    at = _open(ws, "pages/anchor_genes.py")
+    table = at.dataframe[0].value
+    assert list(table.columns[:2]) == ["gene", "symbol"] and table["gene"][0].startswith("ENSG")
+    symbol = str(table["symbol"].iloc[0])
+    at.text_input(key="gene_search").input(symbol).run()
+    assert not at.exception
+    assert at.selectbox(key="profile_gene").value == table["gene"].iloc[0]
+    quadrant = _figures(at)
+    marked = [t for f in quadrant.values() for t in f["data"] if t.get("name") == "found"]
+    assert marked and symbol in marked[0]["text"]  # labelled by symbol, not by ID
+
+
+def test_the_chosen_gene_is_marked_in_the_quadrant(ws: Workspace) -> None:
+    at = _open(ws, "pages/anchor_genes.py")
+    gene = at.selectbox(key="profile_gene").options[3]
+    at.selectbox(key="profile_gene").set_value(gene).run()
+    marked = [t for f in _figures(at).values() for t in f["data"] if t.get("name") == "found"]
+    assert marked and gene in marked[0]["customdata"]
+    assert "MS4A1" not in at.text_input(key="gene_search").placeholder  # not in this data
