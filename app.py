@@ -39,8 +39,9 @@ left, right = st.columns(2)
 with left:
     st.subheader("Try it on the demo data")
     st.caption(
-        "2,000 blood cells (PBMC) measured with three 10x chemistries — the batches — and "
-        "labelled with their cell types."
+        "2,064 blood cells (PBMC, Kang et al. 2018) from eight donors, untreated or stimulated "
+        "with interferon-β — the two batches — labelled with eight cell types (T, B, NK cells, "
+        "two kinds of monocytes, dendritic cells, megakaryocytes)."
     )
     if st.button(
         "Use the demo data",
@@ -49,7 +50,7 @@ with left:
         help="Copies the bundled PBMC demo into a new workspace of your own.",
     ):
         with ui.guard("Loading the demo data"), st.spinner("Loading the demo data…"):
-            new = Workspace.create(name="demo PBMC (3 chemistries)")
+            new = Workspace.create(name="demo PBMC (control / IFN-β)")
             adata = io.read(
                 datasets.DEMO_PATH,
                 batch_key=datasets.DEMO_BATCH_KEY,
@@ -61,7 +62,7 @@ with left:
             new.mark_done(
                 "data",
                 {
-                    "file": "demo_pbmc_3chem.h5ad",
+                    "file": datasets.DEMO_PATH.name,
                     "batch_key": datasets.DEMO_BATCH_KEY,
                     "label_key": datasets.DEMO_LABEL_KEY,
                 },

@@ -9,7 +9,8 @@ from schelix import anchors, evaluate
 from schelix.gene_profile import gene_profile
 from studio import genes, plots, ui
 
-EXAMPLES = ("CD3E", "LYZ", "MS4A1")  # markers of T cells, monocytes, B cells
+#: the usual PBMC markers (T cells, monocytes, B cells, NK cells, ...): the search hint
+EXAMPLES = ("CD3E", "LYZ", "MS4A1", "NKG7", "CD14", "GNLY", "FCGR3A", "CD8A", "PPBP")
 
 ui.setup("anchors")
 ws = ui.workspace()
@@ -61,7 +62,7 @@ applied = ws.params("anchors")
 lo = np.floor(table[["z_dom", "z_str"]].min().clip(-5, 0)).astype(float)
 hi = np.ceil(table[["z_dom", "z_str"]].max().clip(0, 10)).astype(float)
 # the search hint names genes this data has: the usual markers, else its most structured genes
-HINT = [g for g in EXAMPLES if genes.find(table, [g])] or list(
+HINT = [g for g in EXAMPLES if genes.find(table, [g])][:3] or list(
     table.sort_values("z_str", ascending=False).get("symbol", table["gene"])[:3]
 )
 

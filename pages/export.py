@@ -6,7 +6,7 @@ import streamlit as st
 
 from schelix import anchors
 from schelix import stages as stage_embeddings
-from studio import export, plots, training, ui
+from studio import export, plots, report, training, ui
 
 ui.setup("export")
 ws = ui.workspace()
@@ -14,12 +14,18 @@ ui.sidebar(ws)
 ui.title("export", "Export your results")
 ws = ui.require(ws, "export", result="train")
 st.markdown(
-    "- **Integrated data** (`.h5ad`): every embedding in `obsm` (`X_schelix` is the result, "
-    "`X_umap` its UMAP so the file opens directly in cellxgene), the anchor / variant label of each "
-    "gene in `var['schelix_stream']`, and the metrics, every setting, the package versions and the "
-    "seed in `uns['schelix']` — enough to reproduce the run.\n"
+    "- **A one-page report** (`report.html`, opens in any browser, offline): data and QC, the "
+    "anchor split and its top genes, training, the stage UMAPs, the metrics beside the peers "
+    "with a plain verdict, the package versions and the command that repeats the analysis.\n"
+    "- **Integrated data** (`.h5ad`): opens in cellxgene on `X_umap` (the integrated UMAP), with "
+    "the stage and peer UMAPs as further layouts (`X_umap_anchor`, `X_umap_harmony`, …); the "
+    "embeddings themselves in `obsm['schelix']` (the result), `obsm['schelix_variant']`, … "
+    "(`use_rep='schelix'` in scanpy); the anchor / variant label of each gene in "
+    "`var['schelix_stream']`; the metrics, every setting, the versions and the seed in "
+    "`uns['schelix']`.\n"
     "- **Gene lists and metrics** as CSV; **figures** as interactive HTML and as PNG / SVG "
-    "(PNG / SVG are redrawn with matplotlib from the same data); the **trained model**."
+    "(redrawn with matplotlib from the same data); the **trained model**; and all of it in one "
+    "`.zip`."
 )
 ui.stale_banner(ws, "export")
 keys = ws.keys
@@ -67,6 +73,10 @@ if st.button(
         for name, df in tables.items():
             figures[f"{name}_chart"] = plots.metrics_chart(df)
         params = {step: ws.params(step) for step in ("data", "qc", "anchors", "train", "metrics")}
+        page = report.build(
+            adata, name=ws.name or ws.id, keys=keys, params=params, figures=figures,
+            tables=tables, versions=export.versions(),
+        )  # fmt: skip
         files = export.export(
             adata,
             ws.subdir("export"),
@@ -75,6 +85,7 @@ if st.button(
             params=params,
             seed=int(ws.params("train").get("seed", 0)),
             model_dir=ws.path / "model",
+            report=page,
         )
         ws.mark_done("export", {"files": sorted(files), "from": source})
         st.rerun()
@@ -91,6 +102,7 @@ if ws.status("export") != "todo" and (folder / "schelix_integrated.h5ad").is_fil
         ".zip": "application/zip",
     }
     groups = {
+        "The report, and everything in one file": ["report.html", "schelix_results.zip"],
         "Integrated data and model": ["schelix_integrated.h5ad", "model.zip"],
         "Gene lists and metrics (CSV)": sorted(p.name for p in folder.glob("*.csv")),
         "Figures": sorted(f"figures/{p.name}" for p in (folder / "figures").glob("*")),
@@ -101,7 +113,7 @@ if ws.status("export") != "todo" and (folder / "schelix_integrated.h5ad").is_fil
         for i, name in enumerate(n for n in names if (folder / n).is_file()):
             path = folder / name
             cols[i % 3].download_button(
-                f"{name.split('/')[-1]} ({path.stat().st_size / 1e6:.1f} MB)",
+                f"{name.split('/')[-1]} ({export.size_text(path.stat().st_size)})",
                 path.read_bytes,
                 file_name=path.name,
                 mime=mimes.get(path.suffix, "application/octet-stream"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import platform
 import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,15 @@ import pandas as pd
 
 from schelix import anchors, layouts
 
-__all__ = ["export", "method_label", "read_metrics", "to_matplotlib", "versions", "write_figure"]
+__all__ = [
+    "export",
+    "method_label",
+    "size_text",
+    "read_metrics",
+    "to_matplotlib",
+    "versions",
+    "write_figure",
+]
 
 _PACKAGES = (
     "schelix",
@@ -51,6 +60,13 @@ def method_label(key: str) -> str:
         return get_method(name).label
     except Exception:
         return name
+
+
+def size_text(n_bytes: int) -> str:
+    """``"812 KB"``, ``"4.2 MB"``: never "0.0 MB" for a small file."""
+    if n_bytes < 1e6:
+        return f"{max(1, round(n_bytes / 1e3))} KB"
+    return f"{n_bytes / 1e6:.1f} MB"
 
 
 def read_metrics(folder: str | Path) -> dict[str, pd.DataFrame]:
@@ -187,13 +203,20 @@ def _axis_ref(ref: str | None, axis: str) -> str:
 
 
 def write_figure(fig: Any, out_dir: str | Path, name: str) -> list[Path]:
-    """``<name>.html`` (plotly) and ``<name>.png`` / ``.svg`` (matplotlib redraw) in ``out_dir``."""
+    """``<name>.html`` (plotly) and ``<name>.png`` / ``.svg`` (matplotlib redraw) in ``out_dir``.
+
+    The HTML loads ``plotly.min.js`` from its own folder (written once, beside the figures).
+    """
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     html = out / f"{name}.html"
-    html.write_text(fig.to_html(include_plotlyjs=True, full_html=True))
+    if not (out / "plotly.min.js").is_file():  # one copy for every figure, not 4.8 MB in each
+        from plotly.offline import get_plotlyjs
+
+        (out / "plotly.min.js").write_text(get_plotlyjs())
+    html.write_text(fig.to_html(include_plotlyjs="directory", full_html=True))
     mfig = to_matplotlib(fig)
     paths = [html]
     for ext in ("png", "svg"):
@@ -235,6 +258,7 @@ def export(
     params: Mapping[str, Any] = {},
     seed: int = 0,
     model_dir: str | Path | None = None,
+    report: str | None = None,
 ) -> dict[str, Path]:
     """Write everything a user takes home into ``out_dir``; returns ``{name: path}``.
 
@@ -244,7 +268,9 @@ def export(
       ``var["schelix_stream"]``, and in ``uns["schelix"]["export"]`` the metrics ``tables``,
       the app's ``params`` per step, package versions and the seed;
     - ``anchor_genes.csv``, ``variant_genes.csv``, ``gene_scores.csv``, ``<table>.csv``;
-    - ``figures/<name>.html|png|svg`` for each figure; ``model.zip`` (the saved model).
+    - ``figures/<name>.html|png|svg`` for each figure; ``model.zip`` (the saved model);
+    - ``report.html`` (``report``: :func:`studio.report.build`'s page) and
+      ``schelix_results.zip``: everything above in one file.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,4 +301,13 @@ def export(
             files[f"figure_{name}_{path.suffix[1:]}"] = path
     if model_dir is not None and Path(model_dir).is_dir():
         files["model"] = Path(shutil.make_archive(str(out / "model"), "zip", model_dir))
+    if report is not None:
+        files["report"] = out / "report.html"
+        files["report"].write_text(report, encoding="utf-8")
+    bundle = out / "schelix_results.zip"
+    bundle.unlink(missing_ok=True)
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(set(files.values()) | set((out / "figures").glob("plotly.min.js"))):
+            zf.write(path, path.relative_to(out).as_posix())
+    files["zip"] = bundle
     return files

@@ -39,6 +39,17 @@ def umap_stage(ctx: jobs.JobContext) -> str:
         time.sleep(0.1)
 
 
+@jobs.task("test_peer_running")
+def peer_running(ctx: jobs.JobContext) -> str:
+    """The metrics job while its second of three peers (scVI) is at epoch 64 of 400."""
+    from studio.tasks import method_progress
+
+    ctx.progress(**method_progress(1, 3, "scVI", 64 / 400, "scVI: epoch 64/400"))
+    while True:
+        ctx.check_cancel()
+        time.sleep(0.1)
+
+
 def trained_workspace(root: Path, *, steps: int = 20) -> Workspace:
     """A workspace whose data, QC, anchors and training are done (CPU, seed 0)."""
     adata = datasets.synthetic(300, 200, batch_strength=0.8, seed=5)
@@ -71,7 +82,8 @@ def trained_workspace(root: Path, *, steps: int = 20) -> Workspace:
     record = {**fast, "max_steps": steps, "seed": 0, "device": "cpu",
               "ablation": "S0_full", "tau_dom": 0.0, "tau_str": 0.0}  # fmt: skip
     ws.mark_done("train", record)
-    table = evaluate.evaluate(train, ["X_schelix", "X_schelix_pca"], batch_key="batch",
+    train.obsm["X_pca"] = train.obsm["X_schelix_pca"]  # the unintegrated baseline
+    table = evaluate.evaluate(train, ["X_schelix", "X_pca"], batch_key="batch",
                               label_key="cell_type")  # fmt: skip
     table.to_csv(ws.subdir("metrics") / "scores.csv", index=False)
     ws.save_adata("metrics", train)

@@ -8,10 +8,14 @@ trained, in words. The workspace is built in seconds (``tests/app_workspace.py``
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
+import re
+import shlex
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from app_workspace import FAKE_LOSS, trained_workspace  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from schelix.cli import build_parser  # noqa: E402
 from studio import jobs  # noqa: E402
 from studio.workspace import Workspace  # noqa: E402
 
@@ -168,3 +173,39 @@ def test_the_chosen_gene_is_marked_in_the_quadrant(ws: Workspace) -> None:
     marked = [t for f in _figures(at).values() for t in f["data"] if t.get("name") == "found"]
     assert marked and gene in marked[0]["customdata"]
     assert "MS4A1" not in at.text_input(key="gene_search").placeholder  # not in this data
+
+
+def test_the_metrics_bar_agrees_with_its_text(ws: Workspace) -> None:
+    job = jobs.start(ws.path / "jobs" / "metrics", "test_peer_running", {})
+    _wait_records(job, 1)
+    at = _open(ws, "pages/metrics.py")
+    job.cancel()
+    bar = at.get("progress")[0].proto
+    assert (
+        bar.text.count("scVI") == 1 and "method 2 of 3" in bar.text and "epoch 64/400" in bar.text
+    )
+    assert f"{bar.value}% of the job" in bar.text  # the bar shows what the text says
+
+
+def test_export_has_a_one_page_report_and_one_zip(ws: Workspace) -> None:
+    at = _open(ws, "pages/export.py")
+    at.button(key="build_export").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    out = ws.path / "export"
+    page = (out / "report.html").read_text()
+    for part in ("Verdict", "Data and quality control", "Anchor genes", "Training",
+                 "Align → Refine → Fuse", "Metrics beside the peers", "Reproduce it"):  # fmt: skip
+        assert part in page, part
+    assert "Batches mixed" in page or "Batch mixing barely changed" in page
+    assert "Cell-type structure" in page and page.count("<img") >= 4 and "<script" not in page
+    line = re.search(r"<pre>(schelix run .*?)</pre>", page).group(1)
+    args = build_parser().parse_args(shlex.split(html.unescape(line))[1:])
+    assert args.steps == 20 and args.batch_key == "batch" and "batch_size=64" in args.set
+    with zipfile.ZipFile(out / "schelix_results.zip") as zf:
+        names = set(zf.namelist())
+    assert {"report.html", "schelix_integrated.h5ad", "metrics.csv"} <= names
+    assert "figures/plotly.min.js" in names
+    for fig in (out / "figures").glob("*.html"):  # plotly.js once, not 4.8 MB in each
+        assert fig.stat().st_size < 1_000_000 and 'src="plotly.min.js"' in fig.read_text()
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert not any("(0.0 MB)" in lab for lab in labels) and any("KB)" in lab for lab in labels)

@@ -137,7 +137,7 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     page.get_by_role("heading", name=re.compile("Your data")).wait_for(timeout=LONG)
     _settle(page)
     ws = re.search(r"[?&]ws=([A-Za-z0-9_-]+)", page.url).group(1)
-    page.get_by_text("2,000").first.wait_for()  # the demo's cells, in the summary
+    page.get_by_text("2,064").first.wait_for()  # the demo's cells, in the summary
     _shot(page, "02_data")
 
     _goto(page, server, "QC", ws, "Quality control")
