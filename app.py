@@ -12,7 +12,8 @@ import datetime as dt
 import streamlit as st
 
 from schelix import datasets, io, pp
-from studio import ui
+from schelix.errors import SchelixError
+from studio import jobs, ui
 from studio.security import local_mode
 from studio.steps import by_key
 from studio.workspace import Workspace
@@ -97,10 +98,26 @@ if earlier:
     for row in earlier[:10]:
         when = dt.datetime.fromtimestamp(row["modified"]).strftime("%Y-%m-%d %H:%M")
         done = ", ".join(by_key(s).title for s in row["steps_done"]) or "nothing yet"
-        c1, c2 = st.columns([4, 1])
-        c1.markdown(f"`{row['id']}` · {row['name'] or 'unnamed'} · {when} · done: {done}")
+        c1, c2, c3 = st.columns([5, 1, 1])
+        c1.markdown(f"**{row['name'] or 'unnamed'}** · {when} · done: {done} · `{row['id'][:8]}…`")
         if c2.button(
             "Reopen", key=f"reopen_{row['id']}", disabled=ws is not None and ws.id == row["id"]
         ):
             ui.use_workspace(Workspace.open(row["id"]))
             st.rerun()
+        with c3.popover("Rename / delete", key=f"manage_{row['id']}"):
+            new_name = st.text_input("Name", row["name"], key=f"name_{row['id']}", max_chars=80)
+            if st.button("Rename", key=f"rename_{row['id']}", disabled=new_name == row["name"]):
+                Workspace.open(row["id"]).rename(new_name)
+                st.rerun()
+            sure = st.checkbox("Delete it with all its results", key=f"sure_{row['id']}")
+            if st.button("Delete", key=f"delete_{row['id']}", disabled=not sure, type="primary"):
+                with ui.guard("Deleting the workspace"):
+                    gone = Workspace.open(row["id"])
+                    if any(j.active for j in map(jobs.find, gone.path.glob("jobs/*")) if j):
+                        raise SchelixError("A job is still running in it", "cancel it first")
+                    gone.delete()
+                    if ws is not None and ws.id == row["id"]:
+                        st.session_state.pop("ws_id", None)
+                        st.query_params.pop("ws", None)
+                    st.rerun()

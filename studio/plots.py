@@ -62,10 +62,13 @@ def qc_violins(obs: pd.DataFrame, *, batch_key: str, thresholds: Mapping[str, fl
                     points=False,
                     box_visible=True,
                     meanline_visible=False,
+                    spanmode="hard",  # no density below 0 genes or counts
                 ),
                 row=1,
                 col=j,
             )
+        fig.update_yaxes(title_text=QC_METRICS[col], rangemode="tozero", row=1, col=j)
+        fig.update_xaxes(title_text="batch", row=1, col=j)
         if col in thresholds:
             fig.add_hline(
                 y=float(thresholds[col]), line_dash="dash", line_color="red", row=1, col=j

@@ -58,9 +58,9 @@ def trained_workspace(root: Path, *, steps: int = 20) -> Workspace:
     ws.save_adata("data", adata)
     ws.set_keys(batch_key="batch", label_key="cell_type")
     ws.mark_done("data", {"batch_key": "batch", "label_key": "cell_type", "n_cells": 300})
-    qc = pp.preprocess(adata, batch_key="batch", n_top_genes=150)
+    qc = pp.preprocess(adata, batch_key="batch", n_top_genes=200)
     ws.save_adata("qc", qc)
-    ws.mark_done("qc", {"qc": "adaptive", "min_cells": 3, "n_top_genes": 150,
+    ws.mark_done("qc", {"qc": "adaptive", "min_cells": 3, "n_top_genes": 200,
                         "cells_kept": int(qc.n_obs), "genes_kept": int(qc.n_vars)})  # fmt: skip
     anchors.score_genes(qc, batch_key="batch", n_pcs=20)
     qc.uns["schelix"]["app_qc_rev"] = ws.rev("qc")

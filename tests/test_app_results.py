@@ -209,3 +209,36 @@ def test_export_has_a_one_page_report_and_one_zip(ws: Workspace) -> None:
         assert fig.stat().st_size < 1_000_000 and 'src="plotly.min.js"' in fig.read_text()
     labels = [b.proto.label for b in at.get("download_button")]
     assert not any("(0.0 MB)" in lab for lab in labels) and any("KB)" in lab for lab in labels)
+
+
+def test_small_things_a_first_time_user_sees(ws: Workspace, tmp_path: Path) -> None:
+    at = _open(ws, "pages/qc.py")
+    kept = next(m for m in at.metric if m.label == "Cells kept")
+    assert " of " not in kept.value and kept.proto.delta.startswith("of ")  # never cut off
+    violins = next(f for f in _figures(at).values() if f["data"][0]["type"] == "violin")
+    assert all(t.get("spanmode") == "hard" for t in violins["data"])  # no violin below 0
+    assert violins["layout"]["yaxis"]["title"]["text"] == "Genes per cell"
+    train_devices = _open(ws, "pages/train.py").radio(key="device").options
+    assert _open(ws, "pages/metrics.py").radio(key="peer_device").options == train_devices
+    at = _open(ws, "pages/anchor_genes.py")
+    assert not any("Takes seconds" in c.value for c in at.caption)
+
+    # an upload's workspace is named after its file, and can be renamed and deleted
+    home = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    home.button(key="upload").click().run()
+    home.switch_page("pages/data.py").run()
+    mine = Workspace.open(home.session_state["ws_id"])
+    path = tmp_path / "pbmc_donor7.h5ad"
+    ws.load_adata("data").write_h5ad(path)
+    home.file_uploader[0].set_value((path.name, path.read_bytes(), "application/octet-stream"))
+    home.run()
+    assert mine.name == "pbmc_donor7.h5ad"
+    home = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    home.session_state["my_workspaces"] = [mine.id]  # this browser session's workspaces
+    home.run()
+    home.text_input(key=f"name_{mine.id}").input("donor 7").run()
+    home.button(key=f"rename_{mine.id}").click().run()
+    assert mine.name == "donor 7"
+    home.checkbox(key=f"sure_{mine.id}").check().run()
+    home.button(key=f"delete_{mine.id}").click().run()
+    assert not home.exception and not mine.path.exists()
