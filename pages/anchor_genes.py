@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from schelix import anchors, evaluate
@@ -74,20 +75,28 @@ def _clicked() -> list[str]:
     return [str(p["customdata"]) for p in points if p.get("customdata")]
 
 
+def _taus() -> tuple[float, float]:
+    """The thresholds as the sliders stand now (Session State), else the applied ones."""
+    out = []
+    for key, z in (("tau_dom", "z_dom"), ("tau_str", "z_str")):
+        value = st.session_state.get(key, applied.get(key, 0.0))
+        out.append(float(np.clip(value, lo[z], hi[z])))
+    return out[0], out[1]
+
+
 @st.fragment
-def split_genes() -> None:
-    """The thresholds, counts and quadrant: a slider move reruns only this part of the page."""
+def split_genes(found: list[str]) -> None:
+    """Thresholds, counts, quadrant and Apply: a slider move reruns only this part of the page."""
+    start_dom, start_str = _taus()
     c1, c2 = st.columns(2)
     tau_dom = c1.slider(
-        "Domain-sensitivity threshold (tau_dom)", lo["z_dom"], hi["z_dom"],
-        float(np.clip(applied.get("tau_dom", 0.0), lo["z_dom"], hi["z_dom"])), 0.05,
+        "Domain-sensitivity threshold (tau_dom)", lo["z_dom"], hi["z_dom"], start_dom, 0.05,
         key="tau_dom",
         help="Anchors must have a domain-sensitivity z-score at or below this line "
         "(left of the vertical line). Lower = stricter about batch effects. Paper default: 0.",
     )  # fmt: skip
     tau_str = c2.slider(
-        "Structure-separability threshold (tau_str)", lo["z_str"], hi["z_str"],
-        float(np.clip(applied.get("tau_str", 0.0), lo["z_str"], hi["z_str"])), 0.05,
+        "Structure-separability threshold (tau_str)", lo["z_str"], hi["z_str"], start_str, 0.05,
         key="tau_str",
         help="Anchors must have a structure-separability z-score at or above this line (above "
         "the horizontal line). Higher = only the most cell-type-specific genes. Paper: 0.",
@@ -100,32 +109,34 @@ def split_genes() -> None:
     m3.metric("HVGs scored", len(table))
     if min(n_anchor, n_variant) < 20:
         st.warning("Each side needs at least 20 genes; move the lines towards the middle.")
-    search = st.text_input(
-        "Find genes", key="gene_search", placeholder="e.g. " + ", ".join(HINT),
-        help="Comma-separated names or parts of names"
-        + (" (symbols or IDs)" if "symbol" in table else "")
-        + "; matches are circled in red, like the gene you click.",
-    )  # fmt: skip
-    terms = [t for t in search.split(",") if t.strip()]
-    found = genes.find(table, terms)
-    if terms and not found:
-        st.info("No highly variable gene matches that name (only HVGs are scored).")
-    chosen = st.session_state.get("profile_gene")
+    chosen = _chosen(found)
     marked = list(dict.fromkeys([*_clicked(), *found, *([chosen] if chosen else [])]))
     fig = plots.quadrant(table, mask, tau_dom=tau_dom, tau_str=tau_str, highlight=marked)
     st.plotly_chart(fig, key="quadrant", on_select="rerun", selection_mode="points")
-    _profile(found)
-    _gene_lists(mask)
-    _diagnostic(tau_dom, tau_str)
+    if _clicked() != st.session_state.get("clicked_seen", []):  # a click: the profile follows
+        st.session_state["clicked_seen"] = _clicked()
+        st.rerun(scope="app")
     _apply(tau_dom, tau_str, n_anchor, n_variant)
+
+
+def _choices(found: list[str]) -> list[str]:
+    """The genes the profile offers: clicked and found ones, else the most structured."""
+    return list(dict.fromkeys([*_clicked(), *found])) or list(
+        table.sort_values("z_str", ascending=False)["gene"][:50]
+    )
+
+
+def _chosen(found: list[str]) -> str | None:
+    """The gene the profile shows (marked in the quadrant too)."""
+    choices = _choices(found)
+    value = st.session_state.get("profile_gene")
+    return value if value in choices else (choices[0] if choices else None)
 
 
 def _profile(found: list[str]) -> None:
     st.subheader("Why does a gene sit where it does?")
     label = dict(zip(table["gene"], table.get("symbol", table["gene"]), strict=True))
-    choices = list(dict.fromkeys([*_clicked(), *found])) or list(
-        table.sort_values("z_str", ascending=False)["gene"][:50]
-    )
+    choices = _choices(found)
     gene = st.selectbox(
         "Gene", choices, key="profile_gene", format_func=lambda g: label.get(g, g),
         help="Click a point in the plot, search above, or pick one of the most "
@@ -141,21 +152,33 @@ def _profile(found: list[str]) -> None:
             )
 
 
-def _gene_lists(mask: np.ndarray) -> None:
+def _split_table() -> pd.DataFrame:
+    """The gene table with each gene's stream at the thresholds as they stand now."""
+    tau_dom, tau_str = _taus()
+    mask = anchors.quadrant(table["z_dom"], table["z_str"], tau_dom=tau_dom, tau_str=tau_str)
+    return table.assign(stream=np.where(mask, "anchor", "variant"))
+
+
+def _gene_lists() -> None:
     st.subheader("Gene table")
-    shown = table.assign(stream=np.where(mask, "anchor", "variant"))
-    st.dataframe(shown, width="stretch", height=300, hide_index=True)
+    st.caption(
+        "Streams at the lines as they were when this table was drawn (searching or clicking a "
+        "gene redraws it); the downloads always use the lines as they are now."
+    )
+    st.dataframe(_split_table(), width="stretch", height=300, hide_index=True)
     d1, d2 = st.columns(2)
     for col, stream in ((d1, "anchor"), (d2, "variant")):
         col.download_button(
             f"Download the {stream} genes (CSV)",
-            shown[shown["stream"] == stream].to_csv(index=False),
+            lambda stream=stream: _split_table().query("stream == @stream").to_csv(index=False),
             file_name=f"{stream}_genes.csv", mime="text/csv", key=f"dl_{stream}",
+            on_click="ignore",
             help="The genes on this side of the lines you set, with their scores.",
         )  # fmt: skip
 
 
-def _diagnostic(tau_dom: float, tau_str: float) -> None:
+def _diagnostic() -> None:
+    tau_dom, tau_str = _taus()
     st.subheader("Check the split before training (Diagnostic I)")
     st.caption(
         "A plain PCA of the anchor genes alone, scored like an integration, beside all HVGs and "
@@ -212,4 +235,18 @@ def _apply(tau_dom: float, tau_str: float, n_anchor: int, n_variant: int) -> Non
         ui.next_link("train", "Next: train scHelix")
 
 
-split_genes()
+search = st.text_input(
+    "Find genes", key="gene_search", placeholder="e.g. " + ", ".join(HINT),
+    help="Comma-separated names or parts of names"
+    + (" (symbols or IDs)" if "symbol" in table else "")
+    + "; matches are circled in red, like the gene you click.",
+)  # fmt: skip
+terms = [t for t in search.split(",") if t.strip()]
+found_genes = genes.find(table, terms)
+if terms and not found_genes:
+    st.info("No highly variable gene matches that name (only HVGs are scored).")
+st.session_state["clicked_seen"] = _clicked()  # the fragment reruns the page on a new click
+split_genes(found_genes)
+_profile(found_genes)
+_gene_lists()
+_diagnostic()

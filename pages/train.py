@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from schelix.config import ABLATIONS, config_help
+from schelix.device import resolve_device
 from studio import jobs, plots, training, ui
 
 ui.setup("train")
@@ -29,7 +30,8 @@ if split.get("n_anchor") is not None:
 HELP = config_help()
 MAIN = ("max_steps", "warmup_steps", "batch_size")
 SKIP = {*MAIN, "tau_dom", "tau_str"}  # thresholds come from the anchor page
-DEVICE_LABEL = {v: k for k, v in training.DEVICES.items()}
+DEVICES = training.DEVICES
+DEVICE_LABEL = {v: k for k, v in DEVICES.items()}
 job = jobs.find(ui.job_dir(ws, "train"))
 running = job is not None and job.active
 # the form shows the settings of the run that is running, else of the kept run
@@ -120,8 +122,9 @@ with st.form("train_form"):
 main = {"max_steps": int(steps), "warmup_steps": int(warmup), "batch_size": int(batch_size)}
 chosen = training.config_of({**ABLATIONS[preset], **main})
 the_plan = training.plan(
-    n_cells, chosen, device=training.DEVICES[device] if device != "auto" else "cpu", rate=rate
-)
+    n_cells, chosen, device=resolve_device("auto") if device == "auto" else DEVICES[device],
+    rate=rate,
+)  # fmt: skip
 st.caption(
     f"This run: **{the_plan['steps']:,} steps** ({the_plan['warmup']:,} of warm-up) on "
     f"{n_cells:,} cells, then the stage UMAPs"

@@ -46,7 +46,9 @@ def qc_violins(obs: pd.DataFrame, *, batch_key: str, thresholds: Mapping[str, fl
 
     ``thresholds`` maps a QC column to a cut-off drawn as a dashed red line.
     """
-    cols = [c for c in QC_METRICS if c in obs]
+    cols = [  # no mitochondrial panel of zeros when the data has no mitochondrial genes
+        c for c in QC_METRICS if c in obs and (c != "pct_counts_mt" or obs[c].fillna(0).gt(0).any())
+    ]
     fig = make_subplots(rows=1, cols=len(cols), subplot_titles=[QC_METRICS[c] for c in cols])
     batches = obs[batch_key].astype("category")
     colors = _color_map(list(batches.cat.categories))
