@@ -99,7 +99,7 @@ if earlier:
         when = dt.datetime.fromtimestamp(row["modified"]).strftime("%Y-%m-%d %H:%M")
         done = ", ".join(by_key(s).title for s in row["steps_done"]) or "nothing yet"
         c1, c2, c3 = st.columns([5, 1, 1])
-        c1.markdown(f"**{row['name'] or 'unnamed'}** · {when} · done: {done} · `{row['id'][:8]}…`")
+        c1.markdown(f"**{row['name'] or 'unnamed'}** · {when} · done: {done} · `{row['id']}`")
         if c2.button(
             "Reopen", key=f"reopen_{row['id']}", disabled=ws is not None and ws.id == row["id"]
         ):

@@ -172,6 +172,9 @@ def test_the_chosen_gene_is_marked_in_the_quadrant(ws: Workspace) -> None:
     at.selectbox(key="profile_gene").set_value(gene).run()
     marked = [t for f in _figures(at).values() for t in f["data"] if t.get("name") == "found"]
     assert marked and gene in marked[0]["customdata"]
+    profile = next(f for f in _figures(at).values() if "xaxis2" in f["layout"])
+    n_clusters = len(ws.load_adata("anchors").obs["schelix_pseudo_cluster"].unique())
+    assert len(profile["layout"]["xaxis2"]["tickvals"]) == n_clusters  # every one labelled
     assert "MS4A1" not in at.text_input(key="gene_search").placeholder  # not in this data
 
 
