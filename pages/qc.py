@@ -11,9 +11,10 @@ from schelix.errors import SchelixError
 from studio import plots, ui
 
 ui.setup("qc")
-ws = ui.require(ui.workspace(), "qc")
+ws = ui.workspace()
 ui.sidebar(ws)
 ui.title("qc", "Quality control")
+ws = ui.require(ws, "qc")
 st.markdown(
     "Empty or broken droplets show few counts and genes, doublets many, dying cells many "
     "mitochondrial reads. By default each batch is judged against its own median (**adaptive**: "
@@ -69,8 +70,12 @@ blocked = False
 with ui.guard("Counting the cells kept"):
     summary = pp.qc_summary(adata, batch_key=batch_key, **options)
     m1, m2 = st.columns(2)
-    m1.metric("Cells kept", f"{summary['cells_kept']:,} of {adata.n_obs:,}")
-    m2.metric("Genes kept", f"{summary['genes_kept']:,} of {adata.n_vars:,}")
+    for col, what, kept, total in (
+        (m1, "Cells kept", summary["cells_kept"], adata.n_obs),
+        (m2, "Genes kept", summary["genes_kept"], adata.n_vars),
+    ):  # the count alone as the value: "1,742 of 2,000" is cut off in a narrow column
+        col.metric(what, f"{kept:,}", delta=f"of {total:,} ({100 * kept / max(1, total):.1f} %)",
+                   delta_color="off", delta_arrow="off")  # fmt: skip
     st.dataframe(pp.summary_frame(summary), width="stretch")
     st.caption(
         summary["mito_note"] + ". Reason columns count cells removed for that reason (a cell "

@@ -252,9 +252,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(table.to_string(), file=sys.stderr)
     if args.save_model:
         model.save(args.save_model)
+    from schelix import layouts, stages
+
+    print("UMAP of the integrated embedding (obsm['X_umap'])", file=sys.stderr)
+    stages.add_umaps(adata, ["X_schelix"], seed=args.seed)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    adata.write_h5ad(out)
+    layouts.for_viewers(adata).write_h5ad(out)  # opens on X_umap in cellxgene
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -267,8 +271,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.csv:
         checks.check_output(args.csv, inputs=[args.input], what="--csv file")
 
+    from schelix.layouts import original_names
+
     adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
-    keys = args.keys or [k for k in adata.obsm if k.startswith("X_") and "_snapshot_" not in k]
+    for old, new in original_names(adata).items():  # a written file: "schelix" is X_schelix
+        if old not in adata.obsm:
+            adata.obsm[old] = adata.obsm[new]
+    keys = args.keys or [
+        k
+        for k in adata.obsm
+        if k.startswith("X_") and "_snapshot_" not in k and adata.obsm[k].shape[1] > 2
+    ]
     if not keys:
         raise SchelixError(f"{args.input} holds no embeddings in obsm", "run `schelix run` first")
     table = schelix.evaluate.evaluate(

@@ -46,7 +46,9 @@ def qc_violins(obs: pd.DataFrame, *, batch_key: str, thresholds: Mapping[str, fl
 
     ``thresholds`` maps a QC column to a cut-off drawn as a dashed red line.
     """
-    cols = [c for c in QC_METRICS if c in obs]
+    cols = [  # no mitochondrial panel of zeros when the data has no mitochondrial genes
+        c for c in QC_METRICS if c in obs and (c != "pct_counts_mt" or obs[c].fillna(0).gt(0).any())
+    ]
     fig = make_subplots(rows=1, cols=len(cols), subplot_titles=[QC_METRICS[c] for c in cols])
     batches = obs[batch_key].astype("category")
     colors = _color_map(list(batches.cat.categories))
@@ -62,10 +64,13 @@ def qc_violins(obs: pd.DataFrame, *, batch_key: str, thresholds: Mapping[str, fl
                     points=False,
                     box_visible=True,
                     meanline_visible=False,
+                    spanmode="hard",  # no density below 0 genes or counts
                 ),
                 row=1,
                 col=j,
             )
+        fig.update_yaxes(title_text=QC_METRICS[col], rangemode="tozero", row=1, col=j)
+        fig.update_xaxes(title_text="batch", row=1, col=j)
         if col in thresholds:
             fig.add_hline(
                 y=float(thresholds[col]), line_dash="dash", line_color="red", row=1, col=j
@@ -90,7 +95,8 @@ def quadrant(
     """
     fig = go.Figure()
     genes, x, y = table["gene"].to_numpy(), table["z_dom"].to_numpy(), table["z_str"].to_numpy()
-    hover = "<b>%{customdata}</b><br>domain sensitivity z = %{x:.2f}<br>structure z = %{y:.2f}"
+    label = table["symbol"].astype(str).to_numpy() if "symbol" in table else genes
+    hover = "<b>%{hovertext}</b><br>domain sensitivity z = %{x:.2f}<br>structure z = %{y:.2f}"
     for name, mask in (("anchor", anchor), ("variant", ~anchor)):
         fig.add_trace(
             go.Scattergl(
@@ -98,6 +104,7 @@ def quadrant(
                 y=y[mask],
                 mode="markers",
                 customdata=genes[mask],
+                hovertext=label[mask],
                 name=f"{name}s ({int(mask.sum())})",
                 hovertemplate=hover + f"<extra>{name}</extra>",
                 marker={"size": 5, "color": STREAM_COLORS[name], "opacity": 0.7},
@@ -110,7 +117,8 @@ def quadrant(
                 x=x[sel],
                 y=y[sel],
                 mode="markers+text",
-                text=genes[sel],
+                text=label[sel],
+                hovertext=label[sel],
                 customdata=genes[sel],
                 textposition="top center",
                 name="found",
@@ -158,13 +166,34 @@ def gene_profile(profile: Mapping[str, pd.DataFrame], gene: str) -> go.Figure:
             row=1,
             col=j,
         )
+        labels = [str(i) for i in df.index]
+        fig.update_xaxes(
+            tickmode="array",
+            tickvals=labels,
+            ticktext=labels,
+            type="category",
+            row=1,
+            col=j,
+            title_text="batch" if part == "per_batch" else "pseudo-cluster",
+        )  # every cluster labelled, not every other one
     fig.update_yaxes(title_text=f"{gene} (log-normalised)", row=1, col=1)
     fig.update_layout(height=320, margin={"t": 40, "b": 10, "l": 10, "r": 10})
     return fig
 
 
-def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figure:
-    """One panel per loss term over training steps; warm-up → fusion marked by a dotted line."""
+def loss_curves(
+    records: Sequence[Mapping],
+    *,
+    weights: Mapping[str, float] | None = None,
+    names: Mapping[str, str] | None = None,
+    max_points: int = 400,
+) -> go.Figure:
+    """One panel per trained loss term over training steps; warm-up → fusion dotted.
+
+    ``weights`` (term -> weight in the total): terms of weight 0 are not trained and not drawn;
+    each panel says its weight. ``names``: the terms in words (panel titles). The weighted
+    total comes first.
+    """
     rows = [r for r in records if "losses" in r]
     if not rows:
         return go.Figure()
@@ -175,10 +204,21 @@ def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figu
         rows = [rows[i] for i in keep]
     steps = np.array([r["step"] for r in rows])
     terms = list(dict.fromkeys(t for r in rows for t in r["losses"]))
+    if weights is not None:
+        terms = [t for t in terms if t == "total" or weights.get(t, 1.0) != 0]
     terms.sort(key=lambda t: t != "total")
+    names = names or {}
+
+    def title(t: str) -> str:
+        w = "" if weights is None or t == "total" else f" · weight {weights.get(t, 1.0):g}"
+        return f"{names.get(t, t)}{w}"
+
     ncol = 3
     fig = make_subplots(
-        rows=math.ceil(len(terms) / ncol), cols=ncol, subplot_titles=terms, vertical_spacing=0.12
+        rows=math.ceil(len(terms) / ncol),
+        cols=ncol,
+        subplot_titles=[title(t) for t in terms],
+        vertical_spacing=0.16,
     )
     fusion = [r["step"] for r in records if r.get("phase") == "fusion"]
     for i, term in enumerate(terms):
@@ -189,7 +229,7 @@ def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figu
                 x=steps,
                 y=y,
                 mode="lines",
-                name=term,
+                name=names.get(term, term),
                 showlegend=False,
                 line={"color": _PALETTE[i % len(_PALETTE)]},
             ),
@@ -198,8 +238,11 @@ def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figu
         )
         if fusion:
             fig.add_vline(x=fusion[0], line_dash="dot", line_color="#888", row=row, col=col)
+        fig.update_xaxes(title_text="training step", row=row, col=col)
+        fig.update_yaxes(title_text="loss", row=row, col=col)
+    fig.update_annotations(font_size=12)
     fig.update_layout(
-        height=200 * math.ceil(len(terms) / ncol) + 40, margin={"t": 40, "b": 10, "l": 10, "r": 10}
+        height=240 * math.ceil(len(terms) / ncol) + 40, margin={"t": 40, "b": 10, "l": 10, "r": 10}
     )
     return fig
 

@@ -123,20 +123,48 @@ def sidebar(ws: Workspace | None) -> None:
         st.caption("Stale = an earlier step was changed after this one ran: run it again.")
 
 
-def require(ws: Workspace | None, step: str) -> Workspace:
-    """Stop the page with a plain message unless the steps before ``step`` are done."""
+def require(ws: Workspace | None, step: str, *, result: str | None = None) -> Workspace:
+    """Stop the page with a plain message when it has nothing to show.
+
+    The page shows when the steps before ``step`` are done, or only stale (its actions are then
+    disabled, see :func:`blocked`), or when ``result`` (a step) has a result kept — marked stale
+    by :func:`stale_banner` when an earlier step changed since. Call it after :func:`sidebar`
+    and :func:`title`, so that a stopped page still has both.
+    """
     if ws is None:
         st.info("Start on the home page: use the demo data or upload your own file.")
         st.page_link(page("home"), label="Go to the home page", icon=HOME.icon)
         st.stop()
+    if result is not None and ws.status(result) != "todo" and ws.has_adata(result):
+        return ws
     missing = ws.ready(step)
-    if missing is not None:
-        word = "is stale" if ws.status(missing) == "stale" else "is not done yet"
-        name = by_key(missing).title
-        st.info(f"The step **{name}** {word}; this page needs it.")
-        st.page_link(page(missing), label=f"Go to {name}", icon=":material/arrow_forward:")
-        st.stop()
-    return ws
+    if missing is None or (result is None and ws.status(missing) == "stale"):
+        return ws
+    word = "is stale" if ws.status(missing) == "stale" else "is not done yet"
+    name = by_key(missing).title
+    st.info(f"The step **{name}** {word}; this page needs it.")
+    st.page_link(page(missing), label=f"Go to {name}", icon=":material/arrow_forward:")
+    st.stop()
+    raise AssertionError  # unreachable: st.stop() ends the run
+
+
+def blocked(ws: Workspace, step: str, what: str) -> bool:
+    """Whether ``what`` (e.g. "Training") cannot start: a step before ``step`` is not done.
+
+    Says which one and links to it; the kept results stay on the page.
+    """
+    missing = ws.ready(step)
+    if missing is None:
+        return False
+    name = by_key(missing).title
+    why = (
+        "is stale (a step before it was changed): apply it again first"
+        if ws.status(missing) == "stale"
+        else "is not done yet: run it first"
+    )
+    st.info(f"{what} needs the step **{name}**, which {why}.")
+    st.page_link(page(missing), label=f"Go to {name}", icon=":material/arrow_forward:")
+    return True
 
 
 def stale_banner(ws: Workspace, step: str) -> None:

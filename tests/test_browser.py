@@ -22,6 +22,8 @@ from pathlib import Path
 import anndata as ad
 import pytest
 
+from schelix import layouts
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -137,7 +139,7 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     page.get_by_role("heading", name=re.compile("Your data")).wait_for(timeout=LONG)
     _settle(page)
     ws = re.search(r"[?&]ws=([A-Za-z0-9_-]+)", page.url).group(1)
-    page.get_by_text("2,000").first.wait_for()  # the demo's cells, in the summary
+    page.get_by_text("2,064").first.wait_for()  # the demo's cells, in the summary
     _shot(page, "02_data")
 
     _goto(page, server, "QC", ws, "Quality control")
@@ -154,18 +156,13 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     page.locator('[data-testid="stMetric"]', has_text="Anchors").wait_for(timeout=LONG)
     _settle(page)
     before = _metric(page, "Anchors")
-    slider = page.get_by_role("slider").first
-    slider.focus()
-    for _ in range(8):
-        page.keyboard.press("ArrowLeft")
-    page.wait_for_function(
-        f"""() => [...document.querySelectorAll('[data-testid="stMetric"]')]
-            .some(m => m.innerText.includes('Anchors') && !m.innerText.includes('{before}'))""",
-        timeout=30_000,
-    )
-    _settle(page)
+    _quadrant_latency(page)
     after = _metric(page, "Anchors")
     assert after < before and after + _metric(page, "Variants") == _metric(page, "HVGs scored")
+    page.get_by_role("textbox", name="Find genes").fill("LYZ, MS4A1")  # the page's own hint
+    page.keyboard.press("Enter")
+    _settle(page)
+    assert "No highly variable gene matches" not in page.inner_text("body")
     _shot(page, "04_anchor_genes")
     page.get_by_role("button", name="Use this split for training").click()
     page.get_by_text("Split in use").wait_for(timeout=LONG)
@@ -199,6 +196,78 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     target = tmp_path / "integrated.h5ad"
     dl.value.save_as(target)
     back = ad.read_h5ad(target)
-    assert back.obsm["X_umap"].shape == (back.n_obs, 2) and "X_schelix" in back.obsm
+    assert back.obsm["X_umap"].shape == (back.n_obs, 2) and "schelix" in back.obsm
+    assert layouts.layout_names(back)[0] == "umap"  # cellxgene opens on the integrated UMAP
+    assert all(back.obsm[k].shape[1] == 2 for k in back.obsm if k.startswith("X_"))
     assert set(back.var["schelix_stream"].astype(str)) == {"anchor", "variant", "unused"}
     assert "versions" in back.uns["schelix"]["export"]
+
+    # the one-page report opens in the browser (no network, no scripts)
+    with page.expect_download(timeout=LONG) as dl:
+        page.get_by_role("button", name=re.compile("report.html")).click()
+    report = tmp_path / "report.html"
+    dl.value.save_as(report)
+    page.goto(report.as_uri())
+    for heading in ("Verdict", "Anchor genes", "Metrics beside the peers", "Reproduce it"):
+        page.get_by_role("heading", name=heading).wait_for()
+    assert page.locator("img").count() >= 5 and "schelix run" in page.inner_text("pre")
+    page.screenshot(path=str(ARTIFACTS / "09_report.png"), full_page=True)
+
+
+def _vline(page) -> float:
+    """Where the quadrant's domain-sensitivity line is drawn now (plotly's own layout)."""
+    return float(
+        page.evaluate("() => document.querySelector('.js-plotly-plot').layout.shapes[0].x0")
+    )
+
+
+def _quadrant_latency(page) -> None:
+    """Slider key press -> counts and lines updated, timed in the browser (printed with the load).
+
+    Ten single presses (each waits for the line to move), then ten quick presses (time until the
+    page settles). The issue's target is a median under 250 ms; on a loaded machine the bound
+    grows with the load average per core, so the assertion stays meaningful without flaking.
+    """
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    times = []
+    for i in range(10):  # left, right, left, ...: the line stays inside the slider's range
+        key, step = ("ArrowLeft", -0.05) if i % 2 == 0 else ("ArrowRight", 0.05)
+        x0 = _vline(page)
+        t0 = time.perf_counter()
+        page.keyboard.press(key)
+        page.wait_for_function(
+            f"() => Math.abs(document.querySelector('.js-plotly-plot').layout.shapes[0].x0 - "
+            f"({x0 + step})) < 1e-6",
+            timeout=30_000,
+            polling="raf",
+        )
+        times.append(time.perf_counter() - t0)
+        page.wait_for_timeout(150)
+    _settle(page)
+    x0, t0 = _vline(page), time.perf_counter()
+    for _ in range(10):  # 14 quick presses: 10 left, then 4 right ...
+        page.keyboard.press("ArrowLeft")
+    for _ in range(4):  # ... so the line ends 0.3 left of where it started
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        f"() => Math.abs(document.querySelector('.js-plotly-plot').layout.shapes[0].x0 - "
+        f"({x0 - 0.3})) < 1e-6",
+        timeout=60_000,
+        polling="raf",
+    )
+    burst = time.perf_counter() - t0
+    median = sorted(times)[len(times) // 2]
+    load = os.getloadavg()
+    per_core = load[0] / (os.cpu_count() or 1)
+    print(
+        f"\nquadrant latency: median {median * 1000:.0f} ms, max {max(times) * 1000:.0f} ms over "
+        f"10 presses; 14 quick presses settle in {burst:.2f} s; load average {load[0]:.1f} / "
+        f"{load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "quadrant_latency.txt").write_text(
+        f"median_ms={median * 1000:.0f} max_ms={max(times) * 1000:.0f} burst_s={burst:.2f} "
+        f"load1={load[0]:.2f} cores={os.cpu_count()}\n"
+    )
+    assert median < 0.25 * max(1.0, per_core), (times, load)
