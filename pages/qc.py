@@ -35,8 +35,9 @@ mode = st.radio(
     format_func={"adaptive": "Adaptive, per batch (default)", "fixed": "Fixed (paper)"}.get,
     horizontal=True,
     key="qc_mode",
-    help="Adaptive: outliers within each batch by median absolute deviations of counts, genes "
-    "and mitochondrial %. Fixed: the same cut-offs for every cell.",
+    help="Adaptive: within each batch, cells with far fewer counts or genes than the batch's "
+    "median (5 median absolute deviations), or far more mitochondrial reads. Fixed: the same "
+    "cut-offs for every cell.",
 )
 c1, c2, c3, c4 = st.columns(4)
 min_genes = max_mito = None
