@@ -127,7 +127,7 @@ def test_label_transfer_marks_a_new_cell_state_unknown():
     assert (res.uncertainty[:3] < 0.1).all() and (res.uncertainty[3:] == 1).all()
     assert np.allclose(res.probabilities.sum(1), 1) and "unlabelled" not in res.classes
     # a region where two types are interleaved: uncertain, so "Unknown" under a strict threshold
-    blob = np.vstack([ref, [20.0, 20.0] + rng.normal(size=(200, 2))])
+    blob = np.vstack([ref, np.array([20.0, 20.0]) + rng.normal(size=(200, 2))])
     both = np.r_[labels, np.tile(["a", "b"], 100)]
     mixed = transfer_labels(blob, both, np.array([[20.0, 20.0]]), threshold=0.2)
     assert mixed.labels[0] == UNKNOWN and 0.2 < mixed.uncertainty[0] < 1
