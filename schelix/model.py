@@ -258,7 +258,8 @@ class SCHelix:
         ``model.pt`` (network weights and optimiser state, tensors only), ``model.json`` (genes,
         batch and label categories, set-up, seed, step count, loss history), ``arrays.npz``
         (gene scaling and the fused snapshots), ``gate.npz`` (the fitted variant gate, when the
-        gate is on) and ``config.json``.
+        gate is on), ``config.json`` and ``reference.npz`` (the training cells' stage embeddings
+        and short obs columns, for mapping new samples: :mod:`schelix.mapping`).
         """
         if self.module is None:
             raise SchelixError("There is no trained model to save", "call model.train() first")
