@@ -153,7 +153,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--skip-scvi", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/mapping.json")
+    parser.add_argument("--report", default=None, help="only print the table of a results JSON")
     args = parser.parse_args()
+    if args.report:
+        print(summarize(json.loads(Path(args.report).read_text())["rows"]))
+        return
     warnings.filterwarnings("ignore")
     rows, meta = [], {"machine": platform.platform(), "cpus": os.cpu_count()}
     out = Path(args.out)
@@ -178,10 +182,30 @@ def main() -> None:
                 print(rows[-1], flush=True)
             meta["load"] = os.getloadavg()
             out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(summarize(rows))
+
+
+def summarize(rows: list[dict]) -> str:
+    """Markdown table: mean ± std over seeds per dataset and method; map vs retrain time."""
     table = pd.DataFrame(rows)
     cols = ["accuracy", "macro_F1", "unknown", "ASW_batch", "iLISI", "map_s", "train_ref_s"]
-    summary = table.groupby(["dataset", "method"])[cols].agg(["mean", "std"])
-    print(summary.round(3).to_string())
+    lines = [
+        "| dataset | method | seeds | " + " | ".join(cols) + " | retrain s | retrain / map |",
+        "|---|---|---:|" + "---:|" * (len(cols) + 2),
+    ]
+    for (name, method), g in table.groupby(["dataset", "method"], sort=False):
+        cells = [f"{g[c].mean():.3f} ± {g[c].std(ddof=0):.3f}" if c not in ("map_s", "train_ref_s")
+                 else f"{g[c].mean():.1f}" for c in cols]  # fmt: skip
+        retrain = (
+            g["retrain_s"].mean() if "retrain_s" in g and g["retrain_s"].notna().any() else None
+        )
+        ratio = f"{retrain / g['map_s'].mean():.1f}x" if retrain else "–"
+        lines.append(
+            f"| {name} | {method} | {len(g)} | " + " | ".join(cells)
+            + f" | {retrain:.1f} | {ratio} |" if retrain else
+            f"| {name} | {method} | {len(g)} | " + " | ".join(cells) + " | – | – |"
+        )  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -216,9 +216,9 @@ def _joint_x(model: SCHelix, query: ad.AnnData) -> sp.csr_matrix:
     else:
         top = sp.csr_matrix(ref[:, genes].X, dtype=np.float32)
     idx = pd.Index(query.var_names).get_indexer(genes)
-    x = sp.csr_matrix(query.X, dtype=np.float32)[:, np.maximum(idx, 0)].tolil()
-    x[:, np.flatnonzero(idx < 0)] = 0
-    return sp.vstack([top, x.tocsr()]).tocsr()
+    x = sp.csr_matrix(query.X, dtype=np.float32)[:, np.maximum(idx, 0)]
+    x = x @ sp.diags((idx >= 0).astype(np.float32))  # genes the query lacks: empty columns
+    return sp.vstack([top, x]).tocsr()
 
 
 def labels_frame(joint: ad.AnnData, labels: Sequence[str]) -> pd.DataFrame:

@@ -148,6 +148,9 @@ def test_map_query_writes_joint_anndata_with_origin_and_transferred_labels(train
     assert (pred == truth).mean() > 0.7  # distinct synthetic types are recovered
     assert set(joint.obs["batch"].astype(str)[is_q]) == {"batch2"}
     assert joint.uns["schelix"]["map"]["adapt_steps"] == 20
+    genes = list(joint.var_names)  # the query's own values; the reference rows hold none
+    np.testing.assert_allclose(joint.X[is_q].toarray(), query[:, genes].X.toarray(), rtol=1e-6)
+    assert joint.X[~is_q].nnz == 0 and not joint.uns["schelix"]["map"]["reference_expression"]
     with pytest.raises(SchelixError, match="no column 'cell_kind'"):
         mapping.map_query(model, query, batch_key="batch", transfer=["cell_kind"])
 
