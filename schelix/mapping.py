@@ -181,9 +181,10 @@ def adapt(
     adapter = QueryAdapter(module, len(names), data.x_variant.shape[1], data.x_anchor.shape[1])
     adapter.to(dev)
     was = [(p, p.requires_grad) for p in module.parameters()]
+    was_training = module.training
     for p, _ in was:
         p.requires_grad_(False)
-    module.eval()
+    module.eval()  # no graph rebuild, no prototype update: nothing in the network changes
     try:
         with torch.no_grad():
             weights = (module.enc_variant.effective_weight(), module.enc_anchor.effective_weight())
@@ -203,6 +204,7 @@ def adapt(
     finally:
         for p, flag in was:
             p.requires_grad_(flag)
+        module.train(was_training)
     model.adapter = (adapter.eval(), names)
     return model
 
