@@ -1,4 +1,4 @@
-"""The ``schelix`` command line: ``run``, ``evaluate``, ``compare``.
+"""The ``schelix`` command line: ``run``, ``evaluate``, ``compare``, ``map``.
 
 Every failure caused by the input prints one line, ``schelix: error: <problem>.
 Fix: <fix>``, and exits with status 2.
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qc_args(cmp_)
     cmp_.add_argument("-o", "--output", default=None, help="CSV of the comparison table")
     cmp_.add_argument("--h5ad", default=None, help="also write the AnnData with every embedding")
+    from schelix.cli_map import add_map_parser
+
+    add_map_parser(sub)
     return parser
 
 
@@ -330,9 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("always", SchelixWarning)
         warnings.showwarning = lambda m, c, *a, **k: print(f"schelix: note: {m}", file=sys.stderr)
         try:
-            return {"run": _cmd_run, "evaluate": _cmd_evaluate, "compare": _cmd_compare}[
-                args.command
-            ](args)
+            from schelix.cli_map import cmd_map
+
+            commands = {"run": _cmd_run, "evaluate": _cmd_evaluate, "compare": _cmd_compare}
+            return {**commands, "map": cmd_map}[args.command](args)
         except SchelixError as err:
             print(f"schelix: error: {err}", file=sys.stderr)
             return 2

@@ -140,3 +140,6 @@ def metrics_task(ctx: JobContext) -> str:
     ws.save_adata("metrics", adata)
     ws.mark_done("metrics", p.get("record", {}), upstream_revs=p.get("upstream_revs"))
     return f"Scored {len(keys)} embeddings"
+
+
+import studio.mapping  # noqa: E402, F401  (registers the "map" task of the Map new data step)

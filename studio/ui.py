@@ -117,8 +117,8 @@ def sidebar(ws: Workspace | None) -> None:
         for step in STEPS:
             if step.kept:
                 label, icon = f"{step.title} — {_WORD[status[step.key]]}", _ICON[status[step.key]]
-            else:  # a view of an earlier step's result
-                label, icon = f"{step.title} (view of the training)", step.icon
+            else:  # a view of an earlier step's result, or a step with its own files
+                label, icon = step.title + (f" ({step.note})" if step.note else ""), step.icon
             st.page_link(page(step.key), label=label, icon=icon)
         st.caption("Stale = an earlier step was changed after this one ran: run it again.")
 

@@ -1,7 +1,8 @@
 """The real app in a real browser: ``streamlit run app.py`` driven by headless Chromium.
 
 Demo data -> QC -> anchor split (a slider moved, the counts follow) -> a short training run ->
-trajectory -> metrics -> export, then the downloaded ``.h5ad`` is re-opened. A screenshot of
+trajectory -> metrics -> export, then the downloaded ``.h5ad`` is re-opened; then a new sample
+(cells of the export under new names) is mapped onto the training ("Map new data"). A screenshot of
 every page goes to ``tests/artifacts/``. Skipped when Chromium or Playwright is missing
 (install: ``apt-get install -y chromium`` and ``pip install playwright``).
 """
@@ -212,6 +213,34 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
         page.get_by_role("heading", name=heading).wait_for()
     assert page.locator("img").count() >= 5 and "schelix run" in page.inner_text("pre")
     page.screenshot(path=str(ARTIFACTS / "09_report.png"), full_page=True)
+
+    # Map new data: cells of one batch under new names, as a new sample, onto this training
+    batch_col = next(c for c in ("tech", "batch", "sample") if c in back.obs)
+    first = back.obs[batch_col].astype(str).iloc[0]
+    query = back[back.obs[batch_col].astype(str) == first][:300].copy()
+    query.obs_names = [f"new_{i}" for i in range(query.n_obs)]
+    query = ad.AnnData(query.layers["counts"], obs=query.obs[["cell_type"]].copy(),
+                       var=query.var[[]].copy())  # fmt: skip
+    query.write_h5ad(tmp_path / "query.h5ad")
+    _goto(page, server, "Map", ws, "Map new data")
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
+        str(tmp_path / "query.h5ad")
+    )
+    page.get_by_role("button", name="Map the query").wait_for(timeout=LONG)
+    _settle(page)
+    page.get_by_role("spinbutton", name="Adaptation steps", exact=True).fill("20")
+    page.keyboard.press("Tab")
+    page.get_by_role("button", name="Map the query").click()
+    page.get_by_text(re.compile(r"Mapped \d+ query cells")).wait_for(timeout=LONG)
+    page.get_by_role("heading", name="How sure is each transferred label?").wait_for(timeout=LONG)
+    _shot(page, "10_map")
+    assert page.locator(".js-plotly-plot").count() == 3
+    with page.expect_download(timeout=LONG) as dl:
+        page.get_by_role("button", name=re.compile("Reference \\+ query")).click()
+    dl.value.save_as(tmp_path / "mapped.h5ad")
+    mapped = ad.read_h5ad(tmp_path / "mapped.h5ad")
+    assert 250 <= (mapped.obs["schelix_origin"] == "query").sum() <= 300  # after QC
+    assert "cell_type_transferred" in mapped.obs
 
 
 def _vline(page) -> float:
