@@ -71,7 +71,7 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     kept_adaptive = _metrics(at)["Cells kept"]
     assert (at.dataframe[0].value["% kept"] >= 85).all()
     _ok(at.radio(key="qc_mode").set_value("fixed").run())  # the paper's thresholds
-    _ok(at.number_input(key="min_genes").set_value(500).run())
+    _ok(at.number_input(key="min_genes").set_value(550).run())  # the demo: 5 % under 510 genes
     assert _metrics(at)["Cells kept"] != kept_adaptive
     _ok(at.radio(key="qc_mode").set_value("adaptive").run())
     assert _metrics(at)["Cells kept"] == kept_adaptive
