@@ -215,7 +215,7 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     page.screenshot(path=str(ARTIFACTS / "09_report.png"), full_page=True)
 
     # Map new data: cells of one batch under new names, as a new sample, onto this training
-    batch_col = next(c for c in ("tech", "batch", "sample") if c in back.obs)
+    batch_col = next(c for c in ("condition", "tech", "batch", "sample") if c in back.obs)
     first = back.obs[batch_col].astype(str).iloc[0]
     query = back[back.obs[batch_col].astype(str) == first][:300].copy()
     query.obs_names = [f"new_{i}" for i in range(query.n_obs)]
