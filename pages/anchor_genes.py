@@ -8,7 +8,7 @@ import streamlit as st
 
 from schelix import anchors, evaluate
 from schelix.gene_profile import gene_profile
-from studio import genes, plots, ui
+from studio import genes, plots, quadrant, ui
 
 #: the usual PBMC markers (T cells, monocytes, B cells, NK cells, ...): the search hint
 EXAMPLES = ("CD3E", "LYZ", "MS4A1", "NKG7", "CD14", "GNLY", "FCGR3A", "CD8A", "PPBP")
@@ -70,9 +70,7 @@ HINT = [g for g in EXAMPLES if genes.find(table, [g])][:3] or list(
 
 def _clicked() -> list[str]:
     """Genes clicked in the quadrant (its selection, kept in Session State)."""
-    event = st.session_state.get("quadrant")
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    return [str(p["customdata"]) for p in points if p.get("customdata")]
+    return quadrant.picked_genes(st.session_state.get("quadrant"))
 
 
 def _taus() -> tuple[float, float]:
@@ -111,8 +109,17 @@ def split_genes(found: list[str]) -> None:
         st.warning("Each side needs at least 20 genes; move the lines towards the middle.")
     chosen = _chosen(found)
     marked = list(dict.fromkeys([*_clicked(), *found, *([chosen] if chosen else [])]))
-    fig = plots.quadrant(table, mask, tau_dom=tau_dom, tau_str=tau_str, highlight=marked)
-    st.plotly_chart(fig, key="quadrant", on_select="rerun", selection_mode="points")
+    # points keep the colours of the split in use while the lines move: only the lines redraw
+    in_use = anchors.quadrant(table["z_dom"], table["z_str"], tau_dom=applied.get("tau_dom", 0.0),
+                              tau_str=applied.get("tau_str", 0.0))  # fmt: skip
+    fig = quadrant.chart(table, in_use, tau_dom=tau_dom, tau_str=tau_str, highlight=marked)
+    st.altair_chart(fig, key="quadrant", on_select="rerun", selection_mode=quadrant.PICK,
+                    width="stretch")  # fmt: skip
+    st.caption(
+        "Points are coloured by the split in use (the paper's default lines until you choose "
+        "one); the dashed lines, the shaded anchor quadrant and the counts above follow the "
+        "sliders. Click a point to see why it sits there (double-click clears)."
+    )
     if _clicked() != st.session_state.get("clicked_seen", []):  # a click: the profile follows
         st.session_state["clicked_seen"] = _clicked()
         st.rerun(scope="app")

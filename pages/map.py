@@ -86,26 +86,8 @@ if query:
 
 @st.fragment(run_every=1.0)
 def _progress() -> None:
-    if job is None:
-        return
-    status = job.status()
-    state = status["status"]
-    if state == "running":
-        last = next((r for r in reversed(job.records()) if "fraction" in r), None)
-        st.progress(last["fraction"] if last else 0.0,
-                    text=(last or {}).get("message", status.get("message", "")))  # fmt: skip
-        if st.button("Cancel", key="map_cancel"):
-            job.cancel()
-    elif state == "finished":
-        st.success(status.get("message", "Finished"))
-    elif state == "cancelled":
-        st.info(status.get("message", "Cancelled."))
-    else:
-        st.error(f"Mapping failed: {status.get('message', '')}")
-    if st.session_state.get("map_seen") == "running" and state != "running":
-        st.session_state["map_seen"] = state
-        st.rerun(scope="app")
-    st.session_state["map_seen"] = state
+    if job is not None:
+        ui.job_progress(job, name="map", what="Mapping", show_finished=True)
 
 
 _progress()

@@ -84,24 +84,8 @@ if st.button(
 
 @st.fragment(run_every=1.0)
 def _progress() -> None:
-    if job is None:
-        return
-    status = job.status()
-    state = status["status"]
-    if state == "running":
-        recs = [r for r in job.records() if "message" in r]
-        last = recs[-1] if recs else {"fraction": 0.0, "message": "starting"}
-        st.progress(min(1.0, float(last.get("fraction") or 0.0)), text=last["message"])
-        if st.button("Cancel", key="cancel_metrics"):
-            job.cancel()
-    elif state == "failed":
-        st.error(f"Scoring failed: {status.get('message', '')}")
-    elif state == "cancelled":
-        st.info(status.get("message", "Cancelled."))
-    if st.session_state.get("metrics_seen") == "running" and state != "running":
-        st.session_state["metrics_seen"] = state
-        st.rerun(scope="app")
-    st.session_state["metrics_seen"] = state
+    if job is not None:
+        ui.job_progress(job, name="metrics", what="Scoring")
 
 
 _progress()

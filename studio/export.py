@@ -174,6 +174,9 @@ def to_matplotlib(fig: Any) -> Any:
             ax.axvline(shape.x0, ls="--", color="#555", lw=1)
         elif shape.y0 == shape.y1:
             ax.axhline(shape.y0, ls="--", color="#555", lw=1)
+        elif shape.type == "rect":  # a shaded region (the quadrant's anchor corner)
+            ax.axvspan(shape.x0, shape.x1, *_span(ax, shape.y0, shape.y1), lw=0, zorder=0,
+                       color=shape.fillcolor, alpha=shape.opacity or 0.1)  # fmt: skip
     for i, ax in enumerate(axes.flat):
         if i >= len(pairs):
             ax.axis("off")
@@ -195,6 +198,12 @@ def _bars(ax: Any, tr: Any, group: list[Any], label: str | None, color: Any, fig
     pos = np.array([cats.index(str(v)) for v in tr.x]) + (j - (n - 1) / 2) * width
     ax.bar(pos, np.asarray(tr.y, dtype=float), width=width, label=label, color=color)
     ax.set_xticks(range(len(cats)), cats, rotation=35, ha="right", fontsize=7)
+
+
+def _span(ax: Any, y0: float, y1: float) -> tuple[float, float]:
+    """``y0 .. y1`` in data units as the axes fractions ``axvspan`` takes (the plotly range)."""
+    lo, hi = ax.get_ylim()
+    return max(0.0, (y0 - lo) / (hi - lo)), min(1.0, (y1 - lo) / (hi - lo))
 
 
 def _axis_ref(ref: str | None, axis: str) -> str:

@@ -23,6 +23,7 @@ __all__ = [
     "metrics_chart",
     "qc_violins",
     "quadrant",
+    "quadrant_range",
 ]
 
 STREAM_COLORS = {"anchor": "#1f77b4", "variant": "#ff7f0e", "highlight": "#d62728"}
@@ -79,6 +80,17 @@ def qc_violins(obs: pd.DataFrame, *, batch_key: str, thresholds: Mapping[str, fl
     return fig
 
 
+def quadrant_range(values: np.ndarray, tau: float) -> list[float]:
+    """A fixed axis range holding every gene, 0 and the threshold (whole z-units, padded).
+
+    Fixed, so that moving a threshold inside the sliders' range (whole units around the data
+    too) changes no axis (:func:`studio.quadrant.chart` relies on it).
+    """
+    lo = math.floor(min(float(np.min(values, initial=0.0)), tau, 0.0))
+    hi = math.ceil(max(float(np.max(values, initial=0.0)), tau, 0.0))
+    return [lo - 0.5, hi + 0.5]
+
+
 def quadrant(
     table: pd.DataFrame,
     anchor: np.ndarray,
@@ -89,13 +101,18 @@ def quadrant(
 ) -> go.Figure:
     """The discriminability–sensitivity quadrant: one point per HVG.
 
-    ``table`` has a ``gene`` column and ``z_dom`` / ``z_str``; ``anchor`` is the mask from
-    :func:`schelix.anchors.quadrant`. Anchors sit top-left (low domain sensitivity, high
-    structure separability).
+    ``table`` has a ``gene`` column and ``z_dom`` / ``z_str``; ``anchor`` is the mask that
+    colours the points (e.g. the split in use, :func:`schelix.anchors.quadrant`). The dashed
+    lines and the shaded top-left quadrant (low domain sensitivity, high structure
+    separability: the anchors) are drawn at ``tau_dom`` / ``tau_str``.
+
+    The export draws this figure (PNG/SVG/HTML); the live page draws the same quadrant with
+    :func:`studio.quadrant.chart`, which updates faster in the browser.
     """
     fig = go.Figure()
     genes, x, y = table["gene"].to_numpy(), table["z_dom"].to_numpy(), table["z_str"].to_numpy()
     label = table["symbol"].astype(str).to_numpy() if "symbol" in table else genes
+    anchor = np.asarray(anchor, dtype=bool)
     hover = "<b>%{hovertext}</b><br>domain sensitivity z = %{x:.2f}<br>structure z = %{y:.2f}"
     for name, mask in (("anchor", anchor), ("variant", ~anchor)):
         fig.add_trace(
@@ -110,8 +127,8 @@ def quadrant(
                 marker={"size": 5, "color": STREAM_COLORS[name], "opacity": 0.7},
             )
         )
-    if len(highlight):
-        sel = np.isin(genes, list(highlight))
+    sel = np.isin(genes, list(highlight)) if len(highlight) else np.zeros(len(genes), bool)
+    if sel.any():
         fig.add_trace(
             go.Scatter(
                 x=x[sel],
@@ -130,11 +147,16 @@ def quadrant(
                 },
             )
         )
+    xr, yr = quadrant_range(x, tau_dom), quadrant_range(y, tau_str)
     fig.add_vline(x=tau_dom, line_dash="dash", line_color="#444")
     fig.add_hline(y=tau_str, line_dash="dash", line_color="#444")
+    fig.add_shape(
+        type="rect", x0=xr[0], x1=tau_dom, y0=tau_str, y1=yr[1], layer="below",
+        line_width=0, fillcolor=STREAM_COLORS["anchor"], opacity=0.08,
+    )  # fmt: skip
     fig.update_layout(
-        xaxis_title="domain sensitivity z-score (z_dom)",
-        yaxis_title="structure separability z-score (z_str)",
+        xaxis={"title": "domain sensitivity z-score (z_dom)", "range": xr},
+        yaxis={"title": "structure separability z-score (z_str)", "range": yr},
         height=520,
         margin={"t": 30, "b": 10, "l": 10, "r": 10},
         legend={"orientation": "h"},

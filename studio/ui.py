@@ -227,3 +227,34 @@ def next_link(key: str, label: str) -> None:
 
 def job_dir(ws: Workspace, name: str) -> Path:
     return ws.subdir(f"jobs/{name}")
+
+
+def job_progress(job: object, *, name: str, what: str, show_finished: bool = False) -> str:
+    """Progress bar, Cancel and end state of a background job; reruns the page when it ends.
+
+    Call it inside an ``st.fragment(run_every=...)``. ``name`` keys the Cancel button
+    (``<name>_cancel``) and the state remembered between reruns (``<name>_seen``); ``what``
+    names the job in the failure message ("Mapping failed: ..."). When the job stops, the whole
+    page reruns once so that it shows the new result. Returns the job's state.
+    """
+    status = job.status()
+    state = status["status"]
+    if state == "running":
+        last = next((r for r in reversed(job.records()) if "message" in r or "fraction" in r), {})
+        text = last.get("message") or status.get("message") or "starting"
+        st.progress(min(1.0, float(last.get("fraction") or 0.0)), text=text)
+        if st.button("Cancel", key=f"{name}_cancel", help="Stops the job; earlier results stay."):
+            job.cancel()
+    elif state == "finished":
+        if show_finished:
+            st.success(status.get("message", "Finished"))
+    elif state == "cancelled":
+        st.info(status.get("message", "Cancelled."))
+    else:
+        st.error(f"{what} failed: {status.get('message', '')}")
+    seen = f"{name}_seen"
+    if st.session_state.get(seen) == "running" and state != "running":
+        st.session_state[seen] = state
+        st.rerun(scope="app")
+    st.session_state[seen] = state
+    return state

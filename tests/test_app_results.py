@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,21 @@ def _open(ws: Workspace, page: str) -> AppTest:
 
 def _figures(at: AppTest) -> dict[str, dict]:
     return {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+
+
+def _quadrant(at: AppTest) -> dict[str, pd.DataFrame]:
+    """The live quadrant's datasets (Arrow) by what they hold: points, found, lines, corner."""
+    import pyarrow as pa
+
+    (chart,) = at.get("vega_lite_chart")  # the page's only Vega-Lite chart
+    frames = [pa.ipc.open_stream(d.data.data).read_all().to_pandas() for d in chart.proto.datasets]
+    genes = sorted((f for f in frames if "gene" in f), key=len)
+    out = {"points": genes[-1], "found": genes[0] if len(genes) > 1 else genes[-1].iloc[:0]}
+    for f in frames:
+        for col, name in (("tau_dom", "tau_dom"), ("tau_str", "tau_str"), ("x0", "corner")):
+            if col in f:
+                out[name] = f
+    return out
 
 
 def _values(v: object) -> list[float]:
@@ -161,17 +177,37 @@ def test_ensembl_ids_show_and_find_their_symbols(ws: Workspace) -> None:
     at.text_input(key="gene_search").input(symbol).run()
     assert not at.exception
     assert at.selectbox(key="profile_gene").value == table["gene"].iloc[0]
-    quadrant = _figures(at)
-    marked = [t for f in quadrant.values() for t in f["data"] if t.get("name") == "found"]
-    assert marked and symbol in marked[0]["text"]  # labelled by symbol, not by ID
+    found = _quadrant(at)["found"]
+    assert symbol in list(found["name"])  # labelled by symbol, not by ID
+
+
+def test_a_slider_move_changes_only_the_lines_and_counts(ws: Workspace) -> None:
+    """The quadrant's points (the split in use) stay one unchanged dataset while the lines move.
+
+    Streamlit then replaces only the small line datasets in the browser's live chart: that is
+    what makes a slider move fast (the browser test times it).
+    """
+    at = _open(ws, "pages/anchor_genes.py")
+    before = _quadrant(at)
+    anchors_before = at.metric[0].value
+    tau = round(float(before["tau_dom"]["tau_dom"].iloc[0]) - 0.5, 2)
+    at.slider(key="tau_dom").set_value(tau).run()
+    assert not at.exception
+    after = _quadrant(at)
+    assert float(after["tau_dom"]["tau_dom"].iloc[0]) == pytest.approx(tau)
+    assert float(after["corner"]["x1"].iloc[0]) == pytest.approx(tau)
+    pd.testing.assert_frame_equal(after["points"], before["points"])
+    table = after["points"]
+    t_str = float(after["tau_str"]["tau_str"].iloc[0])
+    n_anchor = int(((table["z_dom"] <= tau) & (table["z_str"] >= t_str)).sum())
+    assert int(at.metric[0].value) == n_anchor < int(anchors_before)
 
 
 def test_the_chosen_gene_is_marked_in_the_quadrant(ws: Workspace) -> None:
     at = _open(ws, "pages/anchor_genes.py")
     gene = at.selectbox(key="profile_gene").options[3]
     at.selectbox(key="profile_gene").set_value(gene).run()
-    marked = [t for f in _figures(at).values() for t in f["data"] if t.get("name") == "found"]
-    assert marked and gene in marked[0]["customdata"]
+    assert gene in list(_quadrant(at)["found"]["gene"])
     profile = next(f for f in _figures(at).values() if "xaxis2" in f["layout"])
     n_clusters = len(ws.load_adata("anchors").obs["schelix_pseudo_cluster"].unique())
     assert len(profile["layout"]["xaxis2"]["tickvals"]) == n_clusters  # every one labelled

@@ -166,7 +166,7 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     assert "No highly variable gene matches" not in page.inner_text("body")
     _shot(page, "04_anchor_genes")
     page.get_by_role("button", name="Use this split for training").click()
-    page.get_by_text("Split in use").wait_for(timeout=LONG)
+    page.get_by_text(re.compile(r"^Split in use: \d+ anchors")).wait_for(timeout=LONG)
 
     _goto(page, server, "Train", ws, "Train scHelix")
     for label, value in (("Training steps", "30"), ("Warm-up steps", "10"), ("Batch size", "64")):
@@ -243,49 +243,48 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     assert "cell_type_transferred" in mapped.obs
 
 
-def _vline(page) -> float:
-    """Where the quadrant's domain-sensitivity line is drawn now (plotly's own layout)."""
-    return float(
-        page.evaluate("() => document.querySelector('.js-plotly-plot').layout.shapes[0].x0")
-    )
+#: Three pixel rows across the quadrant's canvas (a quarter, half and three quarters down): the
+#: domain-sensitivity line and the shaded corner cross them, so they change when that line moves.
+_ROWS = """() => {
+  const c = document.querySelector('[data-testid="stVegaLiteChart"] canvas');
+  if (!c) return '';
+  const g = c.getContext('2d'), out = [];
+  for (const f of [0.25, 0.5, 0.75]) out.push(...g.getImageData(0, Math.floor(c.height * f), c.width, 1).data);
+  let h = 0;
+  for (let i = 0; i < out.length; i++) h = (h * 31 + out[i] + i) | 0;
+  return String(h);
+}"""
 
 
 def _quadrant_latency(page) -> None:
-    """Slider key press -> counts and lines updated, timed in the browser (printed with the load).
+    """Slider key press -> counts and lines redrawn, timed in the browser (printed with the load).
 
-    Ten single presses (each waits for the line to move), then ten quick presses (time until the
-    page settles). The issue's target is a median under 250 ms; on a loaded machine the bound
-    grows with the load average per core, so the assertion stays meaningful without flaking.
+    Ten single presses (each waits until the chart's canvas changes where the line crosses it:
+    the new line came back from the server and is drawn), then fourteen quick presses (time
+    until the page settles). The issue's target is a median under 250 ms; on a loaded machine
+    the bound grows with the load average per core, so the assertion stays meaningful.
     """
     slider = page.get_by_role("slider").first
     slider.focus()
     times = []
     for i in range(10):  # left, right, left, ...: the line stays inside the slider's range
-        key, step = ("ArrowLeft", -0.05) if i % 2 == 0 else ("ArrowRight", 0.05)
-        x0 = _vline(page)
+        key = "ArrowLeft" if i % 2 == 0 else "ArrowRight"
+        rows = page.evaluate(_ROWS)
         t0 = time.perf_counter()
         page.keyboard.press(key)
         page.wait_for_function(
-            f"() => Math.abs(document.querySelector('.js-plotly-plot').layout.shapes[0].x0 - "
-            f"({x0 + step})) < 1e-6",
-            timeout=30_000,
-            polling="raf",
+            f"(before) => ({_ROWS})() !== before", arg=rows, timeout=30_000, polling="raf"
         )
         times.append(time.perf_counter() - t0)
         page.wait_for_timeout(150)
     _settle(page)
-    x0, t0 = _vline(page), time.perf_counter()
-    for _ in range(10):  # 14 quick presses: 10 left, then 4 right ...
+    t0 = time.perf_counter()
+    for _ in range(10):  # 14 quick presses: 10 left, then 4 right
         page.keyboard.press("ArrowLeft")
-    for _ in range(4):  # ... so the line ends 0.3 left of where it started
+    for _ in range(4):
         page.keyboard.press("ArrowRight")
-    page.wait_for_function(
-        f"() => Math.abs(document.querySelector('.js-plotly-plot').layout.shapes[0].x0 - "
-        f"({x0 - 0.3})) < 1e-6",
-        timeout=60_000,
-        polling="raf",
-    )
-    burst = time.perf_counter() - t0
+    _settle(page)
+    burst = time.perf_counter() - t0 - 1.0  # _settle waits one quiet second
     median = sorted(times)[len(times) // 2]
     load = os.getloadavg()
     per_core = load[0] / (os.cpu_count() or 1)
@@ -299,7 +298,6 @@ def _quadrant_latency(page) -> None:
         f"median_ms={median * 1000:.0f} max_ms={max(times) * 1000:.0f} burst_s={burst:.2f} "
         f"load1={load[0]:.2f} cores={os.cpu_count()}\n"
     )
-    # The issue's target is 250 ms; measured here 450-590 ms (plotly's redraw in the browser
-    # dominates), so the target is open. This bound keeps the fragment's gain: the whole-page
-    # rerun it replaced took a median of 860 ms.
-    assert median < 0.75 * max(1.0, per_core), (times, load)
+    # The issue's target: a median under 250 ms. Held on a quiet machine; on a loaded one the
+    # bound grows with the load per core (the plotly chart this replaced took 450-940 ms).
+    assert median < 0.25 * max(1.0, per_core), (times, load)

@@ -88,7 +88,9 @@ def test_figures_show_the_data(integrated: ad.AnnData) -> None:
     q = figs["quadrant"]
     n_anchor = int((anchors.gene_table(integrated)["stream"] == "anchor").sum())
     assert q.data[0].name == f"anchors ({n_anchor})" and len(q.data[0].x) == n_anchor
-    assert len(q.layout.shapes) == 2  # the two threshold lines
+    lines = [sh for sh in q.layout.shapes if sh.type == "line"]
+    (corner,) = [sh for sh in q.layout.shapes if sh.type == "rect"]  # the shaded anchor corner
+    assert len(lines) == 2 and (corner.x1, corner.y0) == (lines[0].x0, lines[1].y0)
     assert {tr.name for tr in figs["losses"].data} == {"total", "align"}
     assert len(figs["losses"].layout.shapes) == 2  # warm-up -> fusion marked in each panel
     assert len(figs["stages"].data) == 5 * integrated.obs["cell_type"].nunique()
