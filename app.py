@@ -12,7 +12,8 @@ import datetime as dt
 import streamlit as st
 
 from schelix import datasets, io, pp
-from studio import ui
+from schelix.errors import SchelixError
+from studio import jobs, ui
 from studio.security import local_mode
 from studio.steps import by_key
 from studio.workspace import Workspace
@@ -39,8 +40,9 @@ left, right = st.columns(2)
 with left:
     st.subheader("Try it on the demo data")
     st.caption(
-        "2,000 blood cells (PBMC) measured with three 10x chemistries — the batches — and "
-        "labelled with their cell types."
+        "2,064 blood cells (PBMC, Kang et al. 2018) from eight donors, untreated or stimulated "
+        "with interferon-β — the two batches — labelled with eight cell types (T, B, NK cells, "
+        "two kinds of monocytes, dendritic cells, megakaryocytes)."
     )
     if st.button(
         "Use the demo data",
@@ -49,7 +51,7 @@ with left:
         help="Copies the bundled PBMC demo into a new workspace of your own.",
     ):
         with ui.guard("Loading the demo data"), st.spinner("Loading the demo data…"):
-            new = Workspace.create(name="demo PBMC (3 chemistries)")
+            new = Workspace.create(name="demo PBMC (control / IFN-β)")
             adata = io.read(
                 datasets.DEMO_PATH,
                 batch_key=datasets.DEMO_BATCH_KEY,
@@ -61,7 +63,7 @@ with left:
             new.mark_done(
                 "data",
                 {
-                    "file": "demo_pbmc_3chem.h5ad",
+                    "file": datasets.DEMO_PATH.name,
                     "batch_key": datasets.DEMO_BATCH_KEY,
                     "label_key": datasets.DEMO_LABEL_KEY,
                 },
@@ -96,10 +98,26 @@ if earlier:
     for row in earlier[:10]:
         when = dt.datetime.fromtimestamp(row["modified"]).strftime("%Y-%m-%d %H:%M")
         done = ", ".join(by_key(s).title for s in row["steps_done"]) or "nothing yet"
-        c1, c2 = st.columns([4, 1])
-        c1.markdown(f"`{row['id']}` · {row['name'] or 'unnamed'} · {when} · done: {done}")
+        c1, c2, c3 = st.columns([5, 1, 1])
+        c1.markdown(f"**{row['name'] or 'unnamed'}** · {when} · done: {done} · `{row['id']}`")
         if c2.button(
             "Reopen", key=f"reopen_{row['id']}", disabled=ws is not None and ws.id == row["id"]
         ):
             ui.use_workspace(Workspace.open(row["id"]))
             st.rerun()
+        with c3.popover("Rename / delete", key=f"manage_{row['id']}"):
+            new_name = st.text_input("Name", row["name"], key=f"name_{row['id']}", max_chars=80)
+            if st.button("Rename", key=f"rename_{row['id']}", disabled=new_name == row["name"]):
+                Workspace.open(row["id"]).rename(new_name)
+                st.rerun()
+            sure = st.checkbox("Delete it with all its results", key=f"sure_{row['id']}")
+            if st.button("Delete", key=f"delete_{row['id']}", disabled=not sure, type="primary"):
+                with ui.guard("Deleting the workspace"):
+                    gone = Workspace.open(row["id"])
+                    if any(j.active for j in map(jobs.find, gone.path.glob("jobs/*")) if j):
+                        raise SchelixError("A job is still running in it", "cancel it first")
+                    gone.delete()
+                    if ws is not None and ws.id == row["id"]:
+                        st.session_state.pop("ws_id", None)
+                        st.query_params.pop("ws", None)
+                    st.rerun()

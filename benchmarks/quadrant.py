@@ -2,7 +2,9 @@
 
 Measures (1) the time from a slider change to the end of the page rerun in Streamlit's AppTest
 (the whole Anchor genes page: quadrant mask, figure, counts, gene table, gene profile), and
-(2) the pure cost of ``schelix.anchors.quadrant`` plus building the plotly figure.
+(2) the pure cost of ``schelix.anchors.quadrant`` plus building the page's Vega-Lite chart
+(:func:`studio.quadrant.chart`) and its JSON. The browser side (slider key press -> lines
+redrawn) is timed by the real-browser test (``tests/test_browser.py``, printed there).
 
     python benchmarks/quadrant.py [--repeats 20]
 """
@@ -54,13 +56,13 @@ def main() -> None:
     from streamlit.testing.v1 import AppTest
 
     from schelix import anchors
-    from studio import plots
+    from studio import quadrant
     from studio.workspace import Workspace
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.session_state["ws_id"] = wid
     at.run()
-    at.switch_page("pages/3_Anchor_genes.py").run()
+    at.switch_page("pages/anchor_genes.py").run()
     at.run()  # warm: the AnnData is cached after the first run
     assert not at.exception, [e.message for e in at.exception]
     values = [round(-1.0 + 2.0 * i / max(1, args.repeats - 1), 2) for i in range(args.repeats)]
@@ -82,10 +84,10 @@ def main() -> None:
     )
     mask = anchors.quadrant(z_dom, z_str, tau_dom=-0.3, tau_str=0.2)
     t_fig = (
-        timeit.timeit(lambda: plots.quadrant(table, mask, tau_dom=-0.3, tau_str=0.2), number=20)
+        timeit.timeit(lambda: quadrant.chart(table, mask, tau_dom=-0.3, tau_str=0.2), number=20)
         / 20
     )
-    fig = plots.quadrant(table, mask, tau_dom=-0.3, tau_str=0.2)
+    fig = quadrant.chart(table, mask, tau_dom=-0.3, tau_str=0.2)
     t_json = timeit.timeit(fig.to_json, number=20) / 20
 
     print(f"genes in the quadrant: {len(table)}; last counts: {counts}")
@@ -96,7 +98,7 @@ def main() -> None:
     )
     print(f"schelix.anchors.quadrant(): {1e6 * t_mask:.1f} µs")
     print(
-        f"plots.quadrant() figure build: {1000 * t_fig:.1f} ms; figure to JSON: {1000 * t_json:.1f} ms"
+        f"studio.quadrant.chart() build: {1000 * t_fig:.1f} ms; figure to JSON: {1000 * t_json:.1f} ms"
     )
     print(f"machine: {os.cpu_count()} CPU cores")
 

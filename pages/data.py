@@ -42,6 +42,8 @@ if files and st.session_state.get("uploaded_ids") != [f.file_id for f in files]:
         adata, st.session_state["read_notes"] = uploads_mod.read_uploads(
             ws, [(f.name, f) for f in files]
         )
+        if ws.name in ("", "upload"):  # name the workspace after what was uploaded
+            ws.rename(files[0].name if len(files) == 1 else f"{len(files)} files: {files[0].name}")
         st.success(f"Read {what}: {adata.n_obs:,} cells × {adata.n_vars:,} genes.")
 if security.local_mode():
     with st.expander("Open a large file on this computer by its path (local mode)"):

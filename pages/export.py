@@ -6,19 +6,26 @@ import streamlit as st
 
 from schelix import anchors
 from schelix import stages as stage_embeddings
-from studio import export, jobs, plots, ui
+from studio import export, plots, report, training, ui
 
 ui.setup("export")
-ws = ui.require(ui.workspace(), "export")
+ws = ui.workspace()
 ui.sidebar(ws)
 ui.title("export", "Export your results")
+ws = ui.require(ws, "export", result="train")
 st.markdown(
-    "- **Integrated data** (`.h5ad`): every embedding in `obsm` (`X_schelix` is the result, "
-    "`X_umap` its UMAP so the file opens directly in cellxgene), the anchor / variant label of each "
-    "gene in `var['schelix_stream']`, and the metrics, every setting, the package versions and the "
-    "seed in `uns['schelix']` — enough to reproduce the run.\n"
+    "- **A one-page report** (`report.html`, opens in any browser, offline): data and QC, the "
+    "anchor split and its top genes, training, the stage UMAPs, the metrics beside the peers "
+    "with a plain verdict, the package versions and the command that repeats the analysis.\n"
+    "- **Integrated data** (`.h5ad`): opens in cellxgene on `X_umap` (the integrated UMAP), with "
+    "the stage and peer UMAPs as further layouts (`X_umap_anchor`, `X_umap_harmony`, …); the "
+    "embeddings themselves in `obsm['schelix']` (the result), `obsm['schelix_variant']`, … "
+    "(`use_rep='schelix'` in scanpy); the anchor / variant label of each gene in "
+    "`var['schelix_stream']`; the metrics, every setting, the versions and the seed in "
+    "`uns['schelix']`.\n"
     "- **Gene lists and metrics** as CSV; **figures** as interactive HTML and as PNG / SVG "
-    "(PNG / SVG are redrawn with matplotlib from the same data); the **trained model**."
+    "(redrawn with matplotlib from the same data); the **trained model**; and all of it in one "
+    "`.zip`."
 )
 ui.stale_banner(ws, "export")
 keys = ws.keys
@@ -30,10 +37,12 @@ if not use_metrics:
         "Run the Metrics step first if you want them included."
     )
 
+cant_export = ui.blocked(ws, "export", "A new export")
 if st.button(
     "Prepare the export files",
     type="primary",
     key="build_export",
+    disabled=cant_export,
     help="Writes every file into your workspace's export folder; download them below.",
 ):
     with ui.guard("Preparing the export"), st.spinner("Writing the files…"):
@@ -47,9 +56,12 @@ if st.button(
                 genes, mask, tau_dom=split["tau_dom"], tau_str=split["tau_str"]
             )
         }
-        train_job = jobs.find(ui.job_dir(ws, "train"))
-        if train_job is not None and train_job.records():
-            figures["loss_curves"] = plots.loss_curves(train_job.records())
+        if training.kept_records(adata):  # the kept run's own history, never a later job's
+            figures["loss_curves"] = plots.loss_curves(
+                training.kept_records(adata),
+                weights=training.weights(adata.uns["schelix"].get("train", {})),
+                names=training.TERM_NAMES,
+            )
         stages = {
             label: adata.obsm[stage_embeddings.umap_key(k)]
             for label, k in stage_embeddings.stage_keys(adata).items()
@@ -61,6 +73,10 @@ if st.button(
         for name, df in tables.items():
             figures[f"{name}_chart"] = plots.metrics_chart(df)
         params = {step: ws.params(step) for step in ("data", "qc", "anchors", "train", "metrics")}
+        page = report.build(
+            adata, name=ws.name or ws.id, keys=keys, params=params, figures=figures,
+            tables=tables, versions=export.versions(),
+        )  # fmt: skip
         files = export.export(
             adata,
             ws.subdir("export"),
@@ -69,6 +85,7 @@ if st.button(
             params=params,
             seed=int(ws.params("train").get("seed", 0)),
             model_dir=ws.path / "model",
+            report=page,
         )
         ws.mark_done("export", {"files": sorted(files), "from": source})
         st.rerun()
@@ -85,6 +102,7 @@ if ws.status("export") != "todo" and (folder / "schelix_integrated.h5ad").is_fil
         ".zip": "application/zip",
     }
     groups = {
+        "The report, and everything in one file": ["report.html", "schelix_results.zip"],
         "Integrated data and model": ["schelix_integrated.h5ad", "model.zip"],
         "Gene lists and metrics (CSV)": sorted(p.name for p in folder.glob("*.csv")),
         "Figures": sorted(f"figures/{p.name}" for p in (folder / "figures").glob("*")),
@@ -95,7 +113,7 @@ if ws.status("export") != "todo" and (folder / "schelix_integrated.h5ad").is_fil
         for i, name in enumerate(n for n in names if (folder / n).is_file()):
             path = folder / name
             cols[i % 3].download_button(
-                f"{name.split('/')[-1]} ({path.stat().st_size / 1e6:.1f} MB)",
+                f"{name.split('/')[-1]} ({export.size_text(path.stat().st_size)})",
                 path.read_bytes,
                 file_name=path.name,
                 mime=mimes.get(path.suffix, "application/octet-stream"),

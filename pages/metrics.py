@@ -6,12 +6,13 @@ import streamlit as st
 
 from schelix import evaluate
 from schelix.methods import available_methods, get_method
-from studio import export, jobs, plots, ui
+from studio import export, jobs, plots, training, ui
 
 ui.setup("metrics")
-ws = ui.require(ui.workspace(), "metrics")
+ws = ui.workspace()
 ui.sidebar(ws)
 ui.title("metrics", "Metrics: how good is the integration?")
+ws = ui.require(ws, "metrics", result="metrics")
 keys = ws.keys
 label_key = keys.get("label_key")
 if label_key:
@@ -44,19 +45,22 @@ chosen = st.multiselect(
     "'Unintegrated (PCA)' is the baseline without any batch correction; Harmony is a fast, "
     "widely used method. Deep-learning peers (scVI, sysVI, scCRAFT …) take minutes on a CPU.",
 )
-device = st.radio(
-    "Device for the peers",
-    ["auto", "cpu", "cuda"],
-    horizontal=True,
-    key="peer_device",
-    help="auto = the GPU if there is one.",
-)
+device = training.DEVICES[
+    st.radio(
+        "Device for the peers",
+        list(training.DEVICES),
+        horizontal=True,
+        key="peer_device",
+        help="auto = the GPU if there is one, else the CPU (the same choice as on Train).",
+    )
+]
 job = jobs.find(ui.job_dir(ws, "metrics"))
 running = job is not None and job.active
+cant_score = ui.blocked(ws, "metrics", "Scoring")
 if st.button(
     "Run and score",
     type="primary",
-    disabled=running,
+    disabled=running or cant_score,
     key="run_metrics",
     help="Runs the ticked methods in the background, then scores every embedding.",
 ):
@@ -80,24 +84,8 @@ if st.button(
 
 @st.fragment(run_every=1.0)
 def _progress() -> None:
-    if job is None:
-        return
-    status = job.status()
-    state = status["status"]
-    if state == "running":
-        recs = [r for r in job.records() if "message" in r]
-        last = recs[-1] if recs else {"fraction": 0.0, "message": "starting"}
-        st.progress(min(1.0, float(last.get("fraction") or 0.0)), text=last["message"])
-        if st.button("Cancel", key="cancel_metrics"):
-            job.cancel()
-    elif state == "failed":
-        st.error(f"Scoring failed: {status.get('message', '')}")
-    elif state == "cancelled":
-        st.info(status.get("message", "Cancelled."))
-    if st.session_state.get("metrics_seen") == "running" and state != "running":
-        st.session_state["metrics_seen"] = state
-        st.rerun(scope="app")
-    st.session_state["metrics_seen"] = state
+    if job is not None:
+        ui.job_progress(job, name="metrics", what="Scoring")
 
 
 _progress()
@@ -108,7 +96,8 @@ if "metrics" in tables:
     st.plotly_chart(plots.metrics_chart(tables["metrics"]), key="metrics_chart")
 if "scib_metrics" in tables:
     st.subheader("scib-metrics benchmark")
-    st.dataframe(tables["scib_metrics"].round(3), width="stretch")
+    st.caption("One row per metric, one column per method (fits the page).")
+    st.dataframe(tables["scib_metrics"].T.round(3), width="stretch")
     st.plotly_chart(plots.metrics_chart(tables["scib_metrics"]), key="scib_chart")
 if tables and ws.has_adata("metrics"):
     adata = ui.load(ws, "metrics")

@@ -11,9 +11,10 @@ from schelix.errors import SchelixError
 from studio import plots, ui
 
 ui.setup("qc")
-ws = ui.require(ui.workspace(), "qc")
+ws = ui.workspace()
 ui.sidebar(ws)
 ui.title("qc", "Quality control")
+ws = ui.require(ws, "qc")
 st.markdown(
     "Empty or broken droplets show few counts and genes, doublets many, dying cells many "
     "mitochondrial reads. By default each batch is judged against its own median (**adaptive**: "
@@ -34,8 +35,9 @@ mode = st.radio(
     format_func={"adaptive": "Adaptive, per batch (default)", "fixed": "Fixed (paper)"}.get,
     horizontal=True,
     key="qc_mode",
-    help="Adaptive: outliers within each batch by median absolute deviations of counts, genes "
-    "and mitochondrial %. Fixed: the same cut-offs for every cell.",
+    help="Adaptive: within each batch, cells with far fewer counts or genes than the batch's "
+    "median (5 median absolute deviations), or far more mitochondrial reads. Fixed: the same "
+    "cut-offs for every cell.",
 )
 c1, c2, c3, c4 = st.columns(4)
 min_genes = max_mito = None
@@ -69,8 +71,12 @@ blocked = False
 with ui.guard("Counting the cells kept"):
     summary = pp.qc_summary(adata, batch_key=batch_key, **options)
     m1, m2 = st.columns(2)
-    m1.metric("Cells kept", f"{summary['cells_kept']:,} of {adata.n_obs:,}")
-    m2.metric("Genes kept", f"{summary['genes_kept']:,} of {adata.n_vars:,}")
+    for col, what, kept, total in (
+        (m1, "Cells kept", summary["cells_kept"], adata.n_obs),
+        (m2, "Genes kept", summary["genes_kept"], adata.n_vars),
+    ):  # the count alone as the value: "1,742 of 2,000" is cut off in a narrow column
+        col.metric(what, f"{kept:,}", delta=f"of {total:,} ({100 * kept / max(1, total):.1f} %)",
+                   delta_color="off", delta_arrow="off")  # fmt: skip
     st.dataframe(pp.summary_frame(summary), width="stretch")
     st.caption(
         summary["mito_note"] + ". Reason columns count cells removed for that reason (a cell "

@@ -8,9 +8,10 @@ from schelix import stages as stage_embeddings
 from studio import plots, ui
 
 ui.setup("trajectory")
-ws = ui.require(ui.workspace(), "export")  # needs a finished training, like the export
+ws = ui.workspace()
 ui.sidebar(ws)
 ui.title("trajectory", "Trajectory: how the integration forms")
+ws = ui.require(ws, "export", result="train")
 st.markdown(
     "UMAPs of each stage of the model. **Variant** (the batch-sensitive genes) before and after "
     "**Align** (pulled towards the anchors), **Anchor** (the stable genes) before and after "

@@ -36,6 +36,8 @@ _LAZY = {
     "compare": "schelix.compare",
     "stages": "schelix.stages",
     "data": "schelix.data",
+    "mapping": "schelix.mapping",
+    "transfer": "schelix.transfer",
 }
 _LAZY_ATTR = {
     "SCHelix": ("schelix.model", "SCHelix"),

@@ -1,4 +1,4 @@
-"""The ``schelix`` command line: ``run``, ``evaluate``, ``compare``.
+"""The ``schelix`` command line: ``run``, ``evaluate``, ``compare``, ``map``.
 
 Every failure caused by the input prints one line, ``schelix: error: <problem>.
 Fix: <fix>``, and exits with status 2.
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_qc_args(cmp_)
     cmp_.add_argument("-o", "--output", default=None, help="CSV of the comparison table")
     cmp_.add_argument("--h5ad", default=None, help="also write the AnnData with every embedding")
+    from schelix.cli_map import add_map_parser
+
+    add_map_parser(sub)
     return parser
 
 
@@ -259,9 +262,13 @@ def finish_run(args: argparse.Namespace, model: Any) -> None:
         print(table.to_string(), file=sys.stderr)
     if args.save_model:
         model.save(args.save_model)
+    from schelix import layouts, stages
+
+    print("UMAP of the integrated embedding (obsm['X_umap'])", file=sys.stderr)
+    stages.add_umaps(adata, ["X_schelix"], seed=args.seed)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    adata.write_h5ad(out)
+    layouts.for_viewers(adata).write_h5ad(out)  # opens on X_umap in cellxgene
     print(f"wrote {out}", file=sys.stderr)
 
 
@@ -286,8 +293,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.csv:
         checks.check_output(args.csv, inputs=[args.input], what="--csv file")
 
+    from schelix.layouts import original_names
+
     adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
-    keys = args.keys or [k for k in adata.obsm if k.startswith("X_") and "_snapshot_" not in k]
+    for old, new in original_names(adata).items():  # a written file: "schelix" is X_schelix
+        if old not in adata.obsm:
+            adata.obsm[old] = adata.obsm[new]
+    keys = args.keys or [
+        k
+        for k in adata.obsm
+        if k.startswith("X_") and "_snapshot_" not in k and adata.obsm[k].shape[1] > 2
+    ]
     if not keys:
         raise SchelixError(f"{args.input} holds no embeddings in obsm", "run `schelix run` first")
     table = schelix.evaluate.evaluate(
@@ -336,9 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("always", SchelixWarning)
         warnings.showwarning = lambda m, c, *a, **k: print(f"schelix: note: {m}", file=sys.stderr)
         try:
-            return {"run": _cmd_run, "evaluate": _cmd_evaluate, "compare": _cmd_compare}[
-                args.command
-            ](args)
+            from schelix.cli_map import cmd_map
+
+            commands = {"run": _cmd_run, "evaluate": _cmd_evaluate, "compare": _cmd_compare}
+            return {**commands, "map": cmd_map}[args.command](args)
         except SchelixError as err:
             print(f"schelix: error: {err}", file=sys.stderr)
             return 2

@@ -11,6 +11,7 @@ training step; the model stores it with its weights.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import anndata as ad
@@ -20,12 +21,12 @@ import scipy.sparse as sp
 import torch
 
 from schelix.config import SCHelixConfig
-from schelix.errors import SchelixError
+from schelix.errors import SchelixError, SchelixWarning
 from schelix.gate import VariantGate
 from schelix.obs import label_mask
 from schelix.train import TrainData, mixup_neighbors, mnn_partners
 
-__all__ = ["fit_gate", "label_classes", "prepare", "stream_genes"]
+__all__ = ["MIN_ANCHOR_OVERLAP", "aligned", "fit_gate", "label_classes", "prepare", "stream_genes"]
 
 
 def stream_genes(adata: ad.AnnData) -> tuple[list[str], list[str]]:
@@ -58,7 +59,13 @@ def fit_gate(adata: ad.AnnData, config: SCHelixConfig, *, seed: int = 0) -> Vari
         min_cells=config.gate_min_cells,
         seed=seed,
     )
+    anchors = (adata.var["schelix_stream"].astype(str) == "anchor").to_numpy()
+    g = g.centroids(adata.X[:, anchors], adata.var_names[anchors].to_numpy(dtype=str))
     return dataclasses.replace(g, cells=adata.obs_names.to_numpy(dtype=str))
+
+
+#: Mapping refuses a query that holds fewer than this fraction of the model's anchor genes.
+MIN_ANCHOR_OVERLAP = 0.5
 
 
 def _dense(adata: ad.AnnData, genes: list[str]) -> np.ndarray:
@@ -66,22 +73,68 @@ def _dense(adata: ad.AnnData, genes: list[str]) -> np.ndarray:
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
 
 
-def _gate_rows(gate: VariantGate, adata: ad.AnnData) -> np.ndarray | None:
-    """Which of the gate's cells the rows of ``adata`` are (``None``: the same, in order)."""
+def aligned(
+    adata: ad.AnnData, genes: list[str], fill: np.ndarray, *, anchors: list[str] | None = None
+) -> np.ndarray:
+    """``adata``'s dense expression of ``genes`` matched by name; a missing gene gets ``fill``.
+
+    ``fill`` is the model's mean of each gene, so a gene the data lacks reads as average (0
+    after scaling), never as "not expressed". A :class:`~schelix.errors.SchelixWarning` gives
+    the fraction filled; fewer than :data:`MIN_ANCHOR_OVERLAP` of the ``anchors`` present is
+    refused.
+    """
+    idx = pd.Index(adata.var_names).get_indexer(genes)
+    missing = idx < 0
+    if not missing.any():
+        return _dense(adata, genes)
+    pos = {g: i for i, g in enumerate(genes)}
+    if anchors:
+        have = sum(1 for g in anchors if idx[pos[g]] >= 0)
+        if have < MIN_ANCHOR_OVERLAP * len(anchors):
+            raise SchelixError(
+                f"The data holds only {have} of the model's {len(anchors)} anchor genes (below "
+                f"{MIN_ANCHOR_OVERLAP:.0%}), too few to place its cells",
+                "check that the gene names are of the same kind (symbols vs Ensembl IDs) and "
+                "species as the data the model was trained on",
+            )
+    warnings.warn(
+        f"{int(missing.sum())} of the model's {len(genes)} genes "
+        f"({missing.mean():.1%}) are missing from the data; they were set to the reference "
+        "mean (scaled value 0)",
+        SchelixWarning,
+        stacklevel=3,
+    )
+    x = np.broadcast_to(np.asarray(fill, np.float32), (adata.n_obs, len(genes))).copy()
+    x[:, ~missing] = _dense(adata, [genes[i] for i in np.flatnonzero(~missing)])
+    return x
+
+
+def _gate_clusters(
+    gate: VariantGate, adata: ad.AnnData, meta: dict[str, Any]
+) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+    """``(idx, None)``: which of the gate's cells the rows are (``None``: the same, in order);
+    ``(None, (low, high))``: the clusters of each row when some cells are new to the gate
+    (those are placed by :meth:`~schelix.gate.VariantGate.assign`)."""
     if gate.cells is None:
-        return None
+        return None, None
     names = adata.obs_names.to_numpy(dtype=str)
     if len(names) == len(gate.cells) and (names == gate.cells).all():
-        return None
+        return None, None
     idx = pd.Index(gate.cells).get_indexer(names)
-    if (idx < 0).any():
-        raise SchelixError(
-            f"{int((idx < 0).sum())} cells were not in the data the model was trained on, so the "
-            "variant gate has no cluster for them",
-            "load the model on the cells it was trained on (mapping new cells is not supported "
-            "yet)",
-        )
-    return idx
+    if not (idx < 0).any():
+        return idx, None
+    new = idx < 0
+    gate.require_centroids()
+    genes = list(gate.anchor_genes)
+    scale = pd.Index(meta["variants"] + meta["anchors"]).get_indexer(genes)
+    mean = np.asarray(meta["mean"])[scale]
+    low, high = np.zeros(len(names), np.int64), np.zeros(len(names), np.int64)
+    low[~new], high[~new] = gate.low_labels[idx[~new]], gate.high_labels[idx[~new]]
+    with warnings.catch_warnings():  # the note on missing genes comes once, from prepare
+        warnings.simplefilter("ignore", SchelixWarning)
+        x = aligned(adata[new], genes, mean)
+    low[new], high[new] = gate.assign(x, mean=mean, std=np.asarray(meta["std"])[scale])
+    return None, (low, high)
 
 
 def prepare(
@@ -125,7 +178,7 @@ def prepare(
                 "std": x.std(0) + 1e-6, "batches": batches, "labels": labels}  # fmt: skip
     else:
         variants, anchors = meta["variants"], meta["anchors"]
-        x = _dense(adata, variants + anchors)
+        x = aligned(adata, variants + anchors, meta["mean"], anchors=anchors)
     x = np.clip((x - meta["mean"]) / meta["std"], -10, 10)
     x_var, x_anc = x[:, : len(variants)], np.ascontiguousarray(x[:, len(variants) :])
     if gate is not None:
@@ -136,11 +189,12 @@ def prepare(
                 "fit the gate and train on the same anchor/variant split",
             )
         same = (order == np.arange(len(order))).all()
-        x_var = gate.apply(
-            x_var if same else x_var[:, np.argsort(order)],
-            strength=config.gate_strength,
-            idx=_gate_rows(gate, adata),
-        )
+        x_var = x_var if same else x_var[:, np.argsort(order)]
+        idx, clusters = _gate_clusters(gate, adata, meta)
+        if clusters is None:
+            x_var = gate.apply(x_var, strength=config.gate_strength, idx=idx)
+        else:
+            x_var = x_var * (1.0 - config.gate_strength * gate.cluster_gamma(*clusters))
         x_var = x_var if same else x_var[:, order]
     batch = pd.Categorical(adata.obs[batch_key].astype(str), categories=meta["batches"]).codes
     labels = None

@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["synthetic", "demo", "DEMO_PATH", "DEMO_BATCH_KEY", "DEMO_LABEL_KEY"]
+__all__ = ["synthetic", "demo", "make_demo", "DEMO_PATH", "DEMO_BATCH_KEY", "DEMO_LABEL_KEY"]
 
-DEMO_PATH = Path(__file__).resolve().parent.parent / "assets" / "demo_pbmc_3chem.h5ad"
-DEMO_BATCH_KEY = "tech"
+DEMO_PATH = Path(__file__).resolve().parent.parent / "assets" / "demo_pbmc_ifnb.h5ad"
+DEMO_BATCH_KEY = "condition"
 DEMO_LABEL_KEY = "cell_type"
+#: Cells per (condition, cell type) in the demo: every type keeps enough cells to be seen.
+DEMO_CELLS_PER_GROUP = 150
 
 
 def synthetic(
@@ -109,10 +111,40 @@ def synthetic(
 
 
 def demo() -> ad.AnnData:
-    """The bundled demo: 10x PBMC in three chemistries (2,000 cells x 10,000 genes).
+    """The bundled demo: Kang et al. 2018 PBMC, control and IFN-beta stimulated, 8 cell types.
 
-    A copy of ``pbmc_3chem.h5ad`` (raw UMI counts; batch key ``"tech"``, label
-    key ``"cell_type"``) shipped in ``assets/``; its ``uns["source"]`` says where
-    it came from and under which licence.
+    2,064 labelled cells (raw UMI counts; batch key ``"condition"``, ctrl / stim; label key
+    ``"cell_type"``: B, CD4 T, CD8 T, NK, CD14+ and FCGR3A+ monocytes, DC, megakaryocytes) with
+    the usual markers (CD3E, LYZ, MS4A1, ...), made by :func:`make_demo` from the project's
+    shared ``kang_ifnb_pbmc.h5ad``; its ``uns["source"]`` says where it came from and under
+    which licence.
     """
     return ad.read_h5ad(DEMO_PATH)
+
+
+def make_demo(kang_path: str | Path, out: str | Path = DEMO_PATH, *, seed: int = 0) -> ad.AnnData:
+    """Write the demo: up to :data:`DEMO_CELLS_PER_GROUP` labelled cells per condition and type.
+
+    ``kang_path``: ``kang_ifnb_pbmc.h5ad`` of the shared data. Unlabelled cells are left out;
+    genes detected in no kept cell are dropped; the source note is kept and extended.
+    """
+    full = ad.read_h5ad(kang_path)
+    rng = np.random.default_rng(seed)
+    obs = full.obs[full.obs[DEMO_LABEL_KEY].astype(str) != "unlabelled"]
+    keep = []
+    for _, group in obs.groupby([DEMO_BATCH_KEY, DEMO_LABEL_KEY], observed=True, sort=True):
+        n = min(len(group), DEMO_CELLS_PER_GROUP)
+        keep.extend(rng.choice(group.index.to_numpy(), n, replace=False))
+    sub = full[np.isin(full.obs_names, keep)].copy()
+    detected = np.asarray((sub.X > 0).sum(axis=0)).ravel() > 0
+    sub = sub[:, detected].copy()
+    for col in sub.obs:
+        sub.obs[col] = sub.obs[col].astype(str).astype("category")
+    sub.obs[DEMO_LABEL_KEY] = sub.obs[DEMO_LABEL_KEY].cat.remove_unused_categories()
+    sub.uns["source"] = (
+        f"scHelix Studio demo: {sub.n_obs:,} labelled cells (at most {DEMO_CELLS_PER_GROUP} per "
+        f"condition and cell type, seed {seed}) and the {sub.n_vars:,} genes detected in them, "
+        "from the project's shared kang_ifnb_pbmc.h5ad. " + str(full.uns.get("source", ""))
+    )
+    sub.write_h5ad(out, compression="gzip")
+    return sub

@@ -11,7 +11,7 @@ never be modified (the hard information barrier).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,11 @@ class VariantGate:
     cells
         Names of the cells, in row order (optional): lets a stored gate find its cells again in
         a freshly read AnnData (see :func:`schelix.data.prepare`).
+    anchor_genes, low_centroids, high_centroids
+        Names of the anchor genes and the mean log-normalized anchor expression of every coarse
+        / fine cluster (optional): cells the gate never saw (a mapped query) are put in the
+        cluster with the nearest centroid in the model's scaled anchor space
+        (:meth:`assign`). Anchors are the batch-stable genes, so a new batch lands by biology.
     """
 
     variant_genes: np.ndarray
@@ -58,12 +63,17 @@ class VariantGate:
     w_low: float = 0.5
     w_high: float = 0.5
     cells: np.ndarray | None = None
+    anchor_genes: np.ndarray | None = None
+    low_centroids: np.ndarray | None = None
+    high_centroids: np.ndarray | None = None
 
     def save(self, path: str | Path) -> Path:
         """Write the gate as an ``.npz`` of plain arrays (no pickles)."""
-        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
-        if self.cells is None:
-            del arrays["cells"]
+        arrays = {
+            f.name: np.asarray(getattr(self, f.name))
+            for f in fields(self)
+            if getattr(self, f.name) is not None
+        }
         with open(path, "wb") as fh:
             np.savez(fh, **arrays)
         return Path(path)
@@ -88,6 +98,11 @@ class VariantGate:
             w_low=float(a.get("w_low", 0.5)),
             w_high=float(a.get("w_high", 0.5)),
             cells=a["cells"].astype(str) if "cells" in a else None,
+            anchor_genes=a["anchor_genes"].astype(str) if "anchor_genes" in a else None,
+            low_centroids=a["low_centroids"].astype(np.float32) if "low_centroids" in a else None,
+            high_centroids=(
+                a["high_centroids"].astype(np.float32) if "high_centroids" in a else None
+            ),
         )
 
     @property
@@ -101,11 +116,43 @@ class VariantGate:
         Returns a dense float32 ``(n x n_variant_genes)`` array.
         """
         sel = slice(None) if idx is None else idx
-        g = (
-            self.w_low * self.gamma_low[self.low_labels[sel]]
-            + self.w_high * self.gamma_high[self.high_labels[sel]]
-        )
+        return self.cluster_gamma(self.low_labels[sel], self.high_labels[sel])
+
+    def cluster_gamma(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """The gate of cells in coarse clusters ``low`` and fine clusters ``high``."""
+        g = self.w_low * self.gamma_low[low] + self.w_high * self.gamma_high[high]
         return np.clip(g, 0.0, 1.0).astype(np.float32)
+
+    @property
+    def can_assign(self) -> bool:
+        """Whether the gate stores the centroids that place unseen cells (:meth:`assign`)."""
+        return self.anchor_genes is not None and self.low_centroids is not None
+
+    def require_centroids(self) -> None:
+        """Refuse, with the fix, a gate saved before mapping existed (no centroids)."""
+        if not self.can_assign:
+            raise SchelixError(
+                "This model was saved before mapping new cells was supported: its variant gate "
+                "has no cluster centroids to place cells it never saw",
+                "train and save the model again with this version of scHelix",
+            )
+
+    def assign(
+        self, x_anchor: np.ndarray, *, mean: np.ndarray, std: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)`` clusters of unseen cells: the nearest centroid in scaled anchor space.
+
+        ``x_anchor`` is the cells' log-normalized expression of :attr:`anchor_genes`; ``mean`` and
+        ``std`` the model's scaling of those genes (both cells and centroids are scaled by it).
+        """
+        self.require_centroids()
+        from sklearn.metrics import pairwise_distances_argmin
+
+        x = (np.asarray(x_anchor, dtype=np.float32) - mean) / std
+        out = []
+        for cent in (self.low_centroids, self.high_centroids):
+            out.append(pairwise_distances_argmin(x, (cent - mean) / std).astype(np.int64))
+        return out[0], out[1]
 
     def apply(
         self,
@@ -144,6 +191,21 @@ class VariantGate:
         if strength == 0.0:
             return x.copy()
         return x * (1.0 - strength * self.gamma(idx))
+
+    def centroids(
+        self, x_anchor: np.ndarray | sp.spmatrix, anchor_genes: np.ndarray
+    ) -> VariantGate:
+        """A copy that stores each cluster's mean ``x_anchor`` (rows = the gate's cells)."""
+        from schelix.groups import group_moments
+
+        out = {}
+        for name, lab, gam in (
+            ("low", self.low_labels, self.gamma_low),
+            ("high", self.high_labels, self.gamma_high),
+        ):
+            n, s1, _ = group_moments(x_anchor, lab, len(gam))
+            out[f"{name}_centroids"] = (s1 / np.maximum(n, 1)[:, None]).astype(np.float32)
+        return replace(self, anchor_genes=np.asarray(anchor_genes, dtype=str), **out)
 
     @classmethod
     def from_adata(cls, adata: AnnData) -> VariantGate:

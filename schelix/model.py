@@ -20,6 +20,7 @@ from schelix.errors import SchelixError
 from schelix.gate import VariantGate
 from schelix.module.network import STAGES, SCHelixModule
 from schelix.obs import require_column
+from schelix.reference import write_reference
 from schelix.train import Callback, TrainData, TrainState, embed_all, fit, schedule
 
 __all__ = ["SCHelix"]
@@ -127,6 +128,7 @@ class SCHelix:
         self.meta: dict[str, Any] = {}
         self._data: TrainData | None = None
         self._latent: dict[str, np.ndarray] | None = None
+        self.adapter: Any = None  # (QueryAdapter, batch names) of mapped query batches
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -208,15 +210,27 @@ class SCHelix:
         return schedule(self.adata.n_obs, self.config)[0]
 
     # ---------------------------------------------------------------- results
-    def get_latent_representation(self, stage: str = "fused") -> np.ndarray:
+    def get_latent_representation(
+        self, stage: str = "fused", adata: ad.AnnData | None = None
+    ) -> np.ndarray:
         """Embedding of every cell at one stage of Align -> Refine -> Fuse.
 
         ``"variant"`` (variant-stream encoder), ``"variant_aligned"`` (its
         predictor output, the representation aligned to the anchors),
         ``"anchor"`` (anchor-stream encoder), ``"anchor_refined"`` (after the
         bounded Refine) or ``"fused"`` (HyperFusion output, the integrated
-        embedding).
+        embedding). ``adata``: other (new) cells, log-normalized, embedded without retraining
+        (genes matched by name, the stored gate applied; see :func:`schelix.mapping.embed`).
         """
+        if adata is not None and adata is not self.adata:
+            from schelix.mapping import embed
+
+            key = self.batch_key if self.batch_key in adata.obs else None
+            if stage not in STAGES:
+                raise SchelixError(
+                    f"Unknown stage '{stage}'", f"choose one of: {', '.join(STAGES)}"
+                )
+            return embed(self, adata, batch_key=key)[stage]
         if stage not in STAGES:
             raise SchelixError(f"Unknown stage '{stage}'", f"choose one of: {', '.join(STAGES)}")
         if not self.is_trained or self.module is None:
@@ -244,7 +258,8 @@ class SCHelix:
         ``model.pt`` (network weights and optimiser state, tensors only), ``model.json`` (genes,
         batch and label categories, set-up, seed, step count, loss history), ``arrays.npz``
         (gene scaling and the fused snapshots), ``gate.npz`` (the fitted variant gate, when the
-        gate is on) and ``config.json``.
+        gate is on), ``config.json`` and ``reference.npz`` (the training cells' stage embeddings
+        and short obs columns, for mapping new samples: :mod:`schelix.mapping`).
         """
         if self.module is None:
             raise SchelixError("There is no trained model to save", "call model.train() first")
@@ -277,6 +292,8 @@ class SCHelix:
         (path / "gate.npz").unlink(missing_ok=True)
         if self.gate is not None:
             self.gate.save(path / "gate.npz")
+        stages = {s: self.get_latent_representation(s) for s in STAGES}
+        write_reference(path, self.adata.obs, stages, [self.batch_key, self.label_key or ""])
         (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         return path
 

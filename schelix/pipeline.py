@@ -81,15 +81,27 @@ def integrate(
         callbacks=callbacks,
         progress_bar=progress_bar,
     )
-    write_results(model, key_added=key_added, seconds=time.perf_counter() - t0)
+    write_results(model, key_added=key_added, seconds=time.perf_counter() - t0, max_steps=max_steps)
     return model
 
 
 def write_results(
-    model: SCHelix, *, key_added: str = "X_schelix", seconds: float | None = None
+    model: SCHelix,
+    *,
+    key_added: str = "X_schelix",
+    seconds: float | None = None,
+    max_steps: int | None = None,
 ) -> None:
-    """Write a trained model's embeddings, snapshots, settings and loss history into its AnnData."""
+    """Write a trained model's embeddings, snapshots, settings and loss history into its AnnData.
+
+    ``uns["schelix"]["train"]`` records the steps the schedule really planned (``max_steps``,
+    ``warmup_steps``; see :func:`schelix.train.schedule`), with the configured caps beside them
+    (``max_steps_cap``, ``warmup_steps_cap``): passing ``max_steps`` again repeats the run.
+    """
+    from schelix.train import schedule
+
     adata = model.adata
+    total, warmup = schedule(adata.n_obs, model.config, max_steps)
     for stage in STAGES:
         adata.obsm[stage_key(key_added, stage)] = model.get_latent_representation(stage)
     for old in [k for k in adata.obsm if k.startswith(f"{key_added}_snapshot_")]:
@@ -100,6 +112,10 @@ def write_results(
     uns = adata.uns.setdefault("schelix", {})
     uns["train"] = {
         **model.config.to_dict(),
+        "max_steps": int(total),
+        "warmup_steps": int(warmup),
+        "max_steps_cap": int(model.config.max_steps),
+        "warmup_steps_cap": int(model.config.warmup_steps),
         "key_added": key_added,
         "device": model.device or "cpu",
         "seed": int(model.seed or 0),

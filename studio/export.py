@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import platform
 import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,17 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from schelix import anchors
+from schelix import anchors, layouts
 
-__all__ = ["export", "method_label", "read_metrics", "to_matplotlib", "versions", "write_figure"]
+__all__ = [
+    "export",
+    "method_label",
+    "size_text",
+    "read_metrics",
+    "to_matplotlib",
+    "versions",
+    "write_figure",
+]
 
 _PACKAGES = (
     "schelix",
@@ -51,6 +60,13 @@ def method_label(key: str) -> str:
         return get_method(name).label
     except Exception:
         return name
+
+
+def size_text(n_bytes: int) -> str:
+    """``"812 KB"``, ``"4.2 MB"``: never "0.0 MB" for a small file."""
+    if n_bytes < 1e6:
+        return f"{max(1, round(n_bytes / 1e3))} KB"
+    return f"{n_bytes / 1e6:.1f} MB"
 
 
 def read_metrics(folder: str | Path) -> dict[str, pd.DataFrame]:
@@ -106,12 +122,18 @@ def to_matplotlib(fig: Any) -> Any:
     pairs = _axis_pairs(fig)
     ncols = min(3, len(pairs))
     nrows = int(np.ceil(len(pairs) / ncols))
-    mfig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False)
+    n_bars = sum(len(tr.x) for tr in fig.data if tr.type == "bar")
+    width = max(4.5 * ncols, 3.0 + 0.22 * n_bars if len(pairs) == 1 else 0.0)
+    mfig, axes = plt.subplots(nrows, ncols, figsize=(width, 3.6 * nrows), squeeze=False)
     ax_of = {p: axes.flat[i] for i, p in enumerate(pairs)}
     titles = [a.text for a in (fig.layout.annotations or ())]
     for i, (ax, title) in enumerate(zip(axes.flat, titles)):
         if i < len(pairs):
             ax.set_title(title, fontsize=9)
+    bars: dict[Any, list[Any]] = {ax: [] for ax in ax_of.values()}
+    for tr in fig.data:  # bar traces sharing a panel are drawn side by side (barmode="group")
+        if tr.type == "bar":
+            bars[ax_of[(tr.xaxis or "x", tr.yaxis or "y")]].append(tr)
     for tr in fig.data:
         ax = ax_of[(tr.xaxis or "x", tr.yaxis or "y")]
         label = tr.name if tr.showlegend is not False else None
@@ -136,14 +158,7 @@ def to_matplotlib(fig: Any) -> Any:
                 for xi, yi, t in zip(x, y, tr.text or ()) if "text" in (tr.mode or "") else ():
                     ax.annotate(str(t), (xi, yi), fontsize=7)
         elif tr.type == "bar":
-            ax.bar(
-                [str(v) for v in tr.x],
-                np.asarray(tr.y, dtype=float),
-                label=label,
-                color=color,
-                alpha=0.8,
-            )
-            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+            _bars(ax, tr, bars[ax_of[(tr.xaxis or "x", tr.yaxis or "y")]], label, color, fig)
         elif tr.type == "violin":
             pos = len(ax.collections)
             ax.violinplot([np.asarray(tr.y, dtype=float)], positions=[pos], showmedians=True)
@@ -159,6 +174,9 @@ def to_matplotlib(fig: Any) -> Any:
             ax.axvline(shape.x0, ls="--", color="#555", lw=1)
         elif shape.y0 == shape.y1:
             ax.axhline(shape.y0, ls="--", color="#555", lw=1)
+        elif shape.type == "rect":  # a shaded region (the quadrant's anchor corner)
+            ax.axvspan(shape.x0, shape.x1, *_span(ax, shape.y0, shape.y1), lw=0, zorder=0,
+                       color=shape.fillcolor, alpha=shape.opacity or 0.1)  # fmt: skip
     for i, ax in enumerate(axes.flat):
         if i >= len(pairs):
             ax.axis("off")
@@ -166,9 +184,26 @@ def to_matplotlib(fig: Any) -> Any:
     first.set_xlabel(fig.layout.xaxis.title.text or "")
     first.set_ylabel(fig.layout.yaxis.title.text or "")
     if any(tr.showlegend is not False and tr.name for tr in fig.data) and len(fig.data) <= 30:
-        first.legend(fontsize=7, markerscale=3)
+        first.legend(fontsize=7, markerscale=3, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     mfig.tight_layout()
     return mfig
+
+
+def _bars(ax: Any, tr: Any, group: list[Any], label: str | None, color: Any, fig: Any) -> None:
+    """One bar per category of ``tr``; traces in ``group`` side by side, as plotly groups them."""
+    cats = list(dict.fromkeys(str(v) for t in group for v in t.x))
+    grouped = fig.layout.barmode in (None, "group") and len(group) > 1
+    n, j = (len(group), group.index(tr)) if grouped else (1, 0)
+    width = 0.8 / n
+    pos = np.array([cats.index(str(v)) for v in tr.x]) + (j - (n - 1) / 2) * width
+    ax.bar(pos, np.asarray(tr.y, dtype=float), width=width, label=label, color=color)
+    ax.set_xticks(range(len(cats)), cats, rotation=35, ha="right", fontsize=7)
+
+
+def _span(ax: Any, y0: float, y1: float) -> tuple[float, float]:
+    """``y0 .. y1`` in data units as the axes fractions ``axvspan`` takes (the plotly range)."""
+    lo, hi = ax.get_ylim()
+    return max(0.0, (y0 - lo) / (hi - lo)), min(1.0, (y1 - lo) / (hi - lo))
 
 
 def _axis_ref(ref: str | None, axis: str) -> str:
@@ -177,13 +212,20 @@ def _axis_ref(ref: str | None, axis: str) -> str:
 
 
 def write_figure(fig: Any, out_dir: str | Path, name: str) -> list[Path]:
-    """``<name>.html`` (plotly) and ``<name>.png`` / ``.svg`` (matplotlib redraw) in ``out_dir``."""
+    """``<name>.html`` (plotly) and ``<name>.png`` / ``.svg`` (matplotlib redraw) in ``out_dir``.
+
+    The HTML loads ``plotly.min.js`` from its own folder (written once, beside the figures).
+    """
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     html = out / f"{name}.html"
-    html.write_text(fig.to_html(include_plotlyjs=True, full_html=True))
+    if not (out / "plotly.min.js").is_file():  # one copy for every figure, not 4.8 MB in each
+        from plotly.offline import get_plotlyjs
+
+        (out / "plotly.min.js").write_text(get_plotlyjs())
+    html.write_text(fig.to_html(include_plotlyjs="directory", full_html=True))
     mfig = to_matplotlib(fig)
     paths = [html]
     for ext in ("png", "svg"):
@@ -225,14 +267,19 @@ def export(
     params: Mapping[str, Any] = {},
     seed: int = 0,
     model_dir: str | Path | None = None,
+    report: str | None = None,
 ) -> dict[str, Path]:
     """Write everything a user takes home into ``out_dir``; returns ``{name: path}``.
 
-    - ``schelix_integrated.h5ad``: every embedding in ``obsm`` (``X_umap`` = fused UMAP),
+    - ``schelix_integrated.h5ad``: every embedding in ``obsm``, named by
+      :func:`schelix.layouts.for_viewers` (``X_umap`` = fused UMAP, ``X_umap_<stage>``;
+      the latents without ``X_``: ``schelix``, ``harmony`` ...),
       ``var["schelix_stream"]``, and in ``uns["schelix"]["export"]`` the metrics ``tables``,
       the app's ``params`` per step, package versions and the seed;
     - ``anchor_genes.csv``, ``variant_genes.csv``, ``gene_scores.csv``, ``<table>.csv``;
-    - ``figures/<name>.html|png|svg`` for each figure; ``model.zip`` (the saved model).
+    - ``figures/<name>.html|png|svg`` for each figure; ``model.zip`` (the saved model);
+    - ``report.html`` (``report``: :func:`studio.report.build`'s page) and
+      ``schelix_results.zip``: everything above in one file.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -246,10 +293,8 @@ def export(
         genes.to_csv(files["gene_scores"], index=False)
     for name, df in tables.items():
         files[name] = out / f"{name}.csv"
-        df.to_csv(files[name])
-    result = adata.copy()
-    if "X_schelix_umap" in result.obsm and "X_umap" not in result.obsm:
-        result.obsm["X_umap"] = result.obsm["X_schelix_umap"]
+        df.rename_axis(df.index.name or "method").to_csv(files[name])  # no blank header
+    result = layouts.for_viewers(adata)  # only 2-d layouts start with X_ (cellxgene)
     result.uns.setdefault("schelix", {})["export"] = _clean(
         {
             "versions": versions(),
@@ -265,4 +310,13 @@ def export(
             files[f"figure_{name}_{path.suffix[1:]}"] = path
     if model_dir is not None and Path(model_dir).is_dir():
         files["model"] = Path(shutil.make_archive(str(out / "model"), "zip", model_dir))
+    if report is not None:
+        files["report"] = out / "report.html"
+        files["report"].write_text(report, encoding="utf-8")
+    bundle = out / "schelix_results.zip"
+    bundle.unlink(missing_ok=True)
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(set(files.values()) | set((out / "figures").glob("plotly.min.js"))):
+            zf.write(path, path.relative_to(out).as_posix())
+    files["zip"] = bundle
     return files

@@ -23,6 +23,7 @@ __all__ = [
     "metrics_chart",
     "qc_violins",
     "quadrant",
+    "quadrant_range",
 ]
 
 STREAM_COLORS = {"anchor": "#1f77b4", "variant": "#ff7f0e", "highlight": "#d62728"}
@@ -46,7 +47,9 @@ def qc_violins(obs: pd.DataFrame, *, batch_key: str, thresholds: Mapping[str, fl
 
     ``thresholds`` maps a QC column to a cut-off drawn as a dashed red line.
     """
-    cols = [c for c in QC_METRICS if c in obs]
+    cols = [  # no mitochondrial panel of zeros when the data has no mitochondrial genes
+        c for c in QC_METRICS if c in obs and (c != "pct_counts_mt" or obs[c].fillna(0).gt(0).any())
+    ]
     fig = make_subplots(rows=1, cols=len(cols), subplot_titles=[QC_METRICS[c] for c in cols])
     batches = obs[batch_key].astype("category")
     colors = _color_map(list(batches.cat.categories))
@@ -62,16 +65,30 @@ def qc_violins(obs: pd.DataFrame, *, batch_key: str, thresholds: Mapping[str, fl
                     points=False,
                     box_visible=True,
                     meanline_visible=False,
+                    spanmode="hard",  # no density below 0 genes or counts
                 ),
                 row=1,
                 col=j,
             )
+        fig.update_yaxes(title_text=QC_METRICS[col], rangemode="tozero", row=1, col=j)
+        fig.update_xaxes(title_text="batch", row=1, col=j)
         if col in thresholds:
             fig.add_hline(
                 y=float(thresholds[col]), line_dash="dash", line_color="red", row=1, col=j
             )
     fig.update_layout(height=360, margin={"t": 40, "b": 10, "l": 10, "r": 10})
     return fig
+
+
+def quadrant_range(values: np.ndarray, tau: float) -> list[float]:
+    """A fixed axis range holding every gene, 0 and the threshold (whole z-units, padded).
+
+    Fixed, so that moving a threshold inside the sliders' range (whole units around the data
+    too) changes no axis (:func:`studio.quadrant.chart` relies on it).
+    """
+    lo = math.floor(min(float(np.min(values, initial=0.0)), tau, 0.0))
+    hi = math.ceil(max(float(np.max(values, initial=0.0)), tau, 0.0))
+    return [lo - 0.5, hi + 0.5]
 
 
 def quadrant(
@@ -84,13 +101,19 @@ def quadrant(
 ) -> go.Figure:
     """The discriminability–sensitivity quadrant: one point per HVG.
 
-    ``table`` has a ``gene`` column and ``z_dom`` / ``z_str``; ``anchor`` is the mask from
-    :func:`schelix.anchors.quadrant`. Anchors sit top-left (low domain sensitivity, high
-    structure separability).
+    ``table`` has a ``gene`` column and ``z_dom`` / ``z_str``; ``anchor`` is the mask that
+    colours the points (e.g. the split in use, :func:`schelix.anchors.quadrant`). The dashed
+    lines and the shaded top-left quadrant (low domain sensitivity, high structure
+    separability: the anchors) are drawn at ``tau_dom`` / ``tau_str``.
+
+    The export draws this figure (PNG/SVG/HTML); the live page draws the same quadrant with
+    :func:`studio.quadrant.chart`, which updates faster in the browser.
     """
     fig = go.Figure()
     genes, x, y = table["gene"].to_numpy(), table["z_dom"].to_numpy(), table["z_str"].to_numpy()
-    hover = "<b>%{customdata}</b><br>domain sensitivity z = %{x:.2f}<br>structure z = %{y:.2f}"
+    label = table["symbol"].astype(str).to_numpy() if "symbol" in table else genes
+    anchor = np.asarray(anchor, dtype=bool)
+    hover = "<b>%{hovertext}</b><br>domain sensitivity z = %{x:.2f}<br>structure z = %{y:.2f}"
     for name, mask in (("anchor", anchor), ("variant", ~anchor)):
         fig.add_trace(
             go.Scattergl(
@@ -98,19 +121,21 @@ def quadrant(
                 y=y[mask],
                 mode="markers",
                 customdata=genes[mask],
+                hovertext=label[mask],
                 name=f"{name}s ({int(mask.sum())})",
                 hovertemplate=hover + f"<extra>{name}</extra>",
                 marker={"size": 5, "color": STREAM_COLORS[name], "opacity": 0.7},
             )
         )
-    if len(highlight):
-        sel = np.isin(genes, list(highlight))
+    sel = np.isin(genes, list(highlight)) if len(highlight) else np.zeros(len(genes), bool)
+    if sel.any():
         fig.add_trace(
             go.Scatter(
                 x=x[sel],
                 y=y[sel],
                 mode="markers+text",
-                text=genes[sel],
+                text=label[sel],
+                hovertext=label[sel],
                 customdata=genes[sel],
                 textposition="top center",
                 name="found",
@@ -122,11 +147,16 @@ def quadrant(
                 },
             )
         )
+    xr, yr = quadrant_range(x, tau_dom), quadrant_range(y, tau_str)
     fig.add_vline(x=tau_dom, line_dash="dash", line_color="#444")
     fig.add_hline(y=tau_str, line_dash="dash", line_color="#444")
+    fig.add_shape(
+        type="rect", x0=xr[0], x1=tau_dom, y0=tau_str, y1=yr[1], layer="below",
+        line_width=0, fillcolor=STREAM_COLORS["anchor"], opacity=0.08,
+    )  # fmt: skip
     fig.update_layout(
-        xaxis_title="domain sensitivity z-score (z_dom)",
-        yaxis_title="structure separability z-score (z_str)",
+        xaxis={"title": "domain sensitivity z-score (z_dom)", "range": xr},
+        yaxis={"title": "structure separability z-score (z_str)", "range": yr},
         height=520,
         margin={"t": 30, "b": 10, "l": 10, "r": 10},
         legend={"orientation": "h"},
@@ -158,13 +188,34 @@ def gene_profile(profile: Mapping[str, pd.DataFrame], gene: str) -> go.Figure:
             row=1,
             col=j,
         )
+        labels = [str(i) for i in df.index]
+        fig.update_xaxes(
+            tickmode="array",
+            tickvals=labels,
+            ticktext=labels,
+            type="category",
+            row=1,
+            col=j,
+            title_text="batch" if part == "per_batch" else "pseudo-cluster",
+        )  # every cluster labelled, not every other one
     fig.update_yaxes(title_text=f"{gene} (log-normalised)", row=1, col=1)
     fig.update_layout(height=320, margin={"t": 40, "b": 10, "l": 10, "r": 10})
     return fig
 
 
-def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figure:
-    """One panel per loss term over training steps; warm-up → fusion marked by a dotted line."""
+def loss_curves(
+    records: Sequence[Mapping],
+    *,
+    weights: Mapping[str, float] | None = None,
+    names: Mapping[str, str] | None = None,
+    max_points: int = 400,
+) -> go.Figure:
+    """One panel per trained loss term over training steps; warm-up → fusion dotted.
+
+    ``weights`` (term -> weight in the total): terms of weight 0 are not trained and not drawn;
+    each panel says its weight. ``names``: the terms in words (panel titles). The weighted
+    total comes first.
+    """
     rows = [r for r in records if "losses" in r]
     if not rows:
         return go.Figure()
@@ -175,10 +226,21 @@ def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figu
         rows = [rows[i] for i in keep]
     steps = np.array([r["step"] for r in rows])
     terms = list(dict.fromkeys(t for r in rows for t in r["losses"]))
+    if weights is not None:
+        terms = [t for t in terms if t == "total" or weights.get(t, 1.0) != 0]
     terms.sort(key=lambda t: t != "total")
+    names = names or {}
+
+    def title(t: str) -> str:
+        w = "" if weights is None or t == "total" else f" · weight {weights.get(t, 1.0):g}"
+        return f"{names.get(t, t)}{w}"
+
     ncol = 3
     fig = make_subplots(
-        rows=math.ceil(len(terms) / ncol), cols=ncol, subplot_titles=terms, vertical_spacing=0.12
+        rows=math.ceil(len(terms) / ncol),
+        cols=ncol,
+        subplot_titles=[title(t) for t in terms],
+        vertical_spacing=0.16,
     )
     fusion = [r["step"] for r in records if r.get("phase") == "fusion"]
     for i, term in enumerate(terms):
@@ -189,7 +251,7 @@ def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figu
                 x=steps,
                 y=y,
                 mode="lines",
-                name=term,
+                name=names.get(term, term),
                 showlegend=False,
                 line={"color": _PALETTE[i % len(_PALETTE)]},
             ),
@@ -198,8 +260,11 @@ def loss_curves(records: Sequence[Mapping], *, max_points: int = 400) -> go.Figu
         )
         if fusion:
             fig.add_vline(x=fusion[0], line_dash="dot", line_color="#888", row=row, col=col)
+        fig.update_xaxes(title_text="training step", row=row, col=col)
+        fig.update_yaxes(title_text="loss", row=row, col=col)
+    fig.update_annotations(font_size=12)
     fig.update_layout(
-        height=200 * math.ceil(len(terms) / ncol) + 40, margin={"t": 40, "b": 10, "l": 10, "r": 10}
+        height=240 * math.ceil(len(terms) / ncol) + 40, margin={"t": 40, "b": 10, "l": 10, "r": 10}
     )
     return fig
 

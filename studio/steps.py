@@ -30,7 +30,10 @@ class Step:
         Material icon of the page.
     kept
         Whether the workspace records a result for it (``False`` for views such as the
-        trajectory, which only shows what training wrote).
+        trajectory, which only shows what training wrote, and for mapping, which keeps its own
+        files).
+    note
+        What the sidebar says after the title of a step that is not ``kept``.
     """
 
     key: str
@@ -39,6 +42,7 @@ class Step:
     url: str
     icon: str = ":material/radio_button_unchecked:"
     kept: bool = True
+    note: str = "view of the training"
 
     @property
     def number(self) -> int:
@@ -69,6 +73,7 @@ STEPS: tuple[Step, ...] = (
     ),
     Step("metrics", "Metrics", "pages/metrics.py", "Metrics", ":material/leaderboard:"),
     Step("export", "Export", "pages/export.py", "Export", ":material/download:"),
+    Step("map", "Map new data", "pages/map.py", "Map", ":material/hub:", kept=False, note=""),
 )
 
 #: Keys of the steps whose results the workspace keeps, in order.

@@ -12,7 +12,21 @@ from typing import Any
 from studio.jobs import JobContext, task
 from studio.workspace import Workspace
 
-__all__ = ["metrics_task", "train_task"]
+__all__ = ["method_progress", "metrics_task", "train_task"]
+
+
+def method_progress(i: int, n_methods: int, label: str, frac: float, msg: str) -> dict[str, Any]:
+    """The Metrics bar while peer ``i`` (0-based) of ``n_methods`` runs, ``frac`` of the way.
+
+    The bar is the whole job (every peer, then the scoring, one share each); the text says which
+    peer, how far it is in its own terms, and the overall share the bar shows, so they agree.
+    """
+    own = msg[len(label) + 2 :] if msg.startswith(f"{label}: ") else msg  # "scVI: scVI: ..."
+    overall = (i + min(max(frac, 0.0), 1.0)) / (n_methods + 1)
+    return {
+        "fraction": overall,
+        "message": f"{label} (method {i + 1} of {n_methods}): {own} · {int(overall * 100)}% of the job",
+    }
 
 
 def _workspace(ctx: JobContext) -> Workspace:
@@ -94,7 +108,7 @@ def metrics_task(ctx: JobContext) -> str:
 
         def progress(frac: float, msg: str, i: int = i, label: str = label) -> None:
             ctx.check_cancel()
-            ctx.progress(fraction=(i + frac) / (len(methods) + 1), message=f"{label}: {msg}")
+            ctx.progress(**method_progress(i, len(methods), label, frac, msg))
 
         progress(0.0, "running")
         keys.append(
@@ -107,7 +121,10 @@ def metrics_task(ctx: JobContext) -> str:
                 progress=progress,
             ).obsm_key
         )
-    ctx.progress(fraction=len(methods) / (len(methods) + 1), message="scoring every embedding")
+    ctx.progress(
+        fraction=len(methods) / (len(methods) + 1),
+        message=f"scoring every embedding (after {len(methods)} methods)",
+    )
     out = ws.subdir("metrics")
     table = evaluate.evaluate(adata, keys, batch_key=batch_key, label_key=label_key, seed=seed)
     table.to_csv(out / "scores.csv", index=False)
@@ -123,3 +140,6 @@ def metrics_task(ctx: JobContext) -> str:
     ws.save_adata("metrics", adata)
     ws.mark_done("metrics", p.get("record", {}), upstream_revs=p.get("upstream_revs"))
     return f"Scored {len(keys)} embeddings"
+
+
+import studio.mapping  # noqa: E402, F401  (registers the "map" task of the Map new data step)

@@ -117,26 +117,54 @@ def sidebar(ws: Workspace | None) -> None:
         for step in STEPS:
             if step.kept:
                 label, icon = f"{step.title} — {_WORD[status[step.key]]}", _ICON[status[step.key]]
-            else:  # a view of an earlier step's result
-                label, icon = f"{step.title} (view of the training)", step.icon
+            else:  # a view of an earlier step's result, or a step with its own files
+                label, icon = step.title + (f" ({step.note})" if step.note else ""), step.icon
             st.page_link(page(step.key), label=label, icon=icon)
         st.caption("Stale = an earlier step was changed after this one ran: run it again.")
 
 
-def require(ws: Workspace | None, step: str) -> Workspace:
-    """Stop the page with a plain message unless the steps before ``step`` are done."""
+def require(ws: Workspace | None, step: str, *, result: str | None = None) -> Workspace:
+    """Stop the page with a plain message when it has nothing to show.
+
+    The page shows when the steps before ``step`` are done, or only stale (its actions are then
+    disabled, see :func:`blocked`), or when ``result`` (a step) has a result kept — marked stale
+    by :func:`stale_banner` when an earlier step changed since. Call it after :func:`sidebar`
+    and :func:`title`, so that a stopped page still has both.
+    """
     if ws is None:
         st.info("Start on the home page: use the demo data or upload your own file.")
         st.page_link(page("home"), label="Go to the home page", icon=HOME.icon)
         st.stop()
+    if result is not None and ws.status(result) != "todo" and ws.has_adata(result):
+        return ws
     missing = ws.ready(step)
-    if missing is not None:
-        word = "is stale" if ws.status(missing) == "stale" else "is not done yet"
-        name = by_key(missing).title
-        st.info(f"The step **{name}** {word}; this page needs it.")
-        st.page_link(page(missing), label=f"Go to {name}", icon=":material/arrow_forward:")
-        st.stop()
-    return ws
+    if missing is None or (result is None and ws.status(missing) == "stale"):
+        return ws
+    word = "is stale" if ws.status(missing) == "stale" else "is not done yet"
+    name = by_key(missing).title
+    st.info(f"The step **{name}** {word}; this page needs it.")
+    st.page_link(page(missing), label=f"Go to {name}", icon=":material/arrow_forward:")
+    st.stop()
+    raise AssertionError  # unreachable: st.stop() ends the run
+
+
+def blocked(ws: Workspace, step: str, what: str) -> bool:
+    """Whether ``what`` (e.g. "Training") cannot start: a step before ``step`` is not done.
+
+    Says which one and links to it; the kept results stay on the page.
+    """
+    missing = ws.ready(step)
+    if missing is None:
+        return False
+    name = by_key(missing).title
+    why = (
+        "is stale (a step before it was changed): apply it again first"
+        if ws.status(missing) == "stale"
+        else "is not done yet: run it first"
+    )
+    st.info(f"{what} needs the step **{name}**, which {why}.")
+    st.page_link(page(missing), label=f"Go to {name}", icon=":material/arrow_forward:")
+    return True
 
 
 def stale_banner(ws: Workspace, step: str) -> None:
@@ -199,3 +227,34 @@ def next_link(key: str, label: str) -> None:
 
 def job_dir(ws: Workspace, name: str) -> Path:
     return ws.subdir(f"jobs/{name}")
+
+
+def job_progress(job: object, *, name: str, what: str, show_finished: bool = False) -> str:
+    """Progress bar, Cancel and end state of a background job; reruns the page when it ends.
+
+    Call it inside an ``st.fragment(run_every=...)``. ``name`` keys the Cancel button
+    (``<name>_cancel``) and the state remembered between reruns (``<name>_seen``); ``what``
+    names the job in the failure message ("Mapping failed: ..."). When the job stops, the whole
+    page reruns once so that it shows the new result. Returns the job's state.
+    """
+    status = job.status()
+    state = status["status"]
+    if state == "running":
+        last = next((r for r in reversed(job.records()) if "message" in r or "fraction" in r), {})
+        text = last.get("message") or status.get("message") or "starting"
+        st.progress(min(1.0, float(last.get("fraction") or 0.0)), text=text)
+        if st.button("Cancel", key=f"{name}_cancel", help="Stops the job; earlier results stay."):
+            job.cancel()
+    elif state == "finished":
+        if show_finished:
+            st.success(status.get("message", "Finished"))
+    elif state == "cancelled":
+        st.info(status.get("message", "Cancelled."))
+    else:
+        st.error(f"{what} failed: {status.get('message', '')}")
+    seen = f"{name}_seen"
+    if st.session_state.get(seen) == "running" and state != "running":
+        st.session_state[seen] = state
+        st.rerun(scope="app")
+    st.session_state[seen] = state
+    return state

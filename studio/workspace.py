@@ -109,6 +109,24 @@ class Workspace:
     def name(self) -> str:
         return str(self.state().get("name", ""))
 
+    def rename(self, name: str) -> str:
+        """Give the workspace a name (shown on the home page): printable, at most 80 characters."""
+        clean = "".join(ch for ch in str(name) if ch.isprintable()).strip()[:80]
+
+        def fn(state: dict[str, Any]) -> None:
+            state["name"] = clean
+
+        self._update(fn)
+        return clean
+
+    def delete(self) -> None:
+        """Remove the workspace folder and everything in it (its jobs must have stopped)."""
+        import shutil
+
+        if not (self.path / "state.json").is_file() or not _ID.match(self.id):
+            raise SchelixError(f"'{self.path}' is not a workspace", "nothing was deleted")
+        shutil.rmtree(self.path)
+
     def status(self, step: str) -> str:
         """``"done"``, ``"stale"`` or ``"todo"``."""
         return str(self.state()["steps"][step]["status"])

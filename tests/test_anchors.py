@@ -192,7 +192,7 @@ def test_gene_profile(scored):
 
 @pytest.mark.slow
 def test_demo_split_has_both_sides():
-    from schelix.datasets import DEMO_PATH, demo
+    from schelix.datasets import DEMO_BATCH_KEY, DEMO_PATH, demo
 
     if not DEMO_PATH.exists():
         pytest.skip("bundled demo missing")
@@ -203,9 +203,9 @@ def test_demo_split_has_both_sides():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sc.pp.highly_variable_genes(
-            adata, n_top_genes=2000, flavor="seurat_v3", layer="counts", batch_key="tech"
+            adata, n_top_genes=2000, flavor="seurat_v3", layer="counts", batch_key=DEMO_BATCH_KEY
         )
-    anchors.score_genes(adata, batch_key="tech")
+    anchors.score_genes(adata, batch_key=DEMO_BATCH_KEY)
     stream = anchors.split_anchors(adata)
     counts = stream.value_counts()
     assert counts["anchor"] >= 20 and counts["variant"] >= 20

@@ -1,7 +1,8 @@
 """The real app in a real browser: ``streamlit run app.py`` driven by headless Chromium.
 
 Demo data -> QC -> anchor split (a slider moved, the counts follow) -> a short training run ->
-trajectory -> metrics -> export, then the downloaded ``.h5ad`` is re-opened. A screenshot of
+trajectory -> metrics -> export, then the downloaded ``.h5ad`` is re-opened; then a new sample
+(cells of the export under new names) is mapped onto the training ("Map new data"). A screenshot of
 every page goes to ``tests/artifacts/``. Skipped when Chromium or Playwright is missing
 (install: ``apt-get install -y chromium`` and ``pip install playwright``).
 """
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import anndata as ad
 import pytest
+
+from schelix import layouts
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -137,7 +140,7 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     page.get_by_role("heading", name=re.compile("Your data")).wait_for(timeout=LONG)
     _settle(page)
     ws = re.search(r"[?&]ws=([A-Za-z0-9_-]+)", page.url).group(1)
-    page.get_by_text("2,000").first.wait_for()  # the demo's cells, in the summary
+    page.get_by_text("2,064").first.wait_for()  # the demo's cells, in the summary
     _shot(page, "02_data")
 
     _goto(page, server, "QC", ws, "Quality control")
@@ -154,21 +157,16 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     page.locator('[data-testid="stMetric"]', has_text="Anchors").wait_for(timeout=LONG)
     _settle(page)
     before = _metric(page, "Anchors")
-    slider = page.get_by_role("slider").first
-    slider.focus()
-    for _ in range(8):
-        page.keyboard.press("ArrowLeft")
-    page.wait_for_function(
-        f"""() => [...document.querySelectorAll('[data-testid="stMetric"]')]
-            .some(m => m.innerText.includes('Anchors') && !m.innerText.includes('{before}'))""",
-        timeout=30_000,
-    )
-    _settle(page)
+    _quadrant_latency(page)
     after = _metric(page, "Anchors")
     assert after < before and after + _metric(page, "Variants") == _metric(page, "HVGs scored")
+    page.get_by_role("textbox", name="Find genes").fill("LYZ, MS4A1")  # the page's own hint
+    page.keyboard.press("Enter")
+    _settle(page)
+    assert "No highly variable gene matches" not in page.inner_text("body")
     _shot(page, "04_anchor_genes")
     page.get_by_role("button", name="Use this split for training").click()
-    page.get_by_text("Split in use").wait_for(timeout=LONG)
+    page.get_by_text(re.compile(r"^Split in use: \d+ anchors")).wait_for(timeout=LONG)
 
     _goto(page, server, "Train", ws, "Train scHelix")
     for label, value in (("Training steps", "30"), ("Warm-up steps", "10"), ("Batch size", "64")):
@@ -199,6 +197,107 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     target = tmp_path / "integrated.h5ad"
     dl.value.save_as(target)
     back = ad.read_h5ad(target)
-    assert back.obsm["X_umap"].shape == (back.n_obs, 2) and "X_schelix" in back.obsm
+    assert back.obsm["X_umap"].shape == (back.n_obs, 2) and "schelix" in back.obsm
+    assert layouts.layout_names(back)[0] == "umap"  # cellxgene opens on the integrated UMAP
+    assert all(back.obsm[k].shape[1] == 2 for k in back.obsm if k.startswith("X_"))
     assert set(back.var["schelix_stream"].astype(str)) == {"anchor", "variant", "unused"}
     assert "versions" in back.uns["schelix"]["export"]
+
+    # the one-page report opens in the browser (no network, no scripts)
+    with page.expect_download(timeout=LONG) as dl:
+        page.get_by_role("button", name=re.compile("report.html")).click()
+    report = tmp_path / "report.html"
+    dl.value.save_as(report)
+    page.goto(report.as_uri())
+    for heading in ("Verdict", "Anchor genes", "Metrics beside the peers", "Reproduce it"):
+        page.get_by_role("heading", name=heading).wait_for()
+    assert page.locator("img").count() >= 5 and "schelix run" in page.inner_text("pre")
+    page.screenshot(path=str(ARTIFACTS / "09_report.png"), full_page=True)
+
+    # Map new data: cells of one batch under new names, as a new sample, onto this training
+    batch_col = next(c for c in ("condition", "tech", "batch", "sample") if c in back.obs)
+    first = back.obs[batch_col].astype(str).iloc[0]
+    query = back[back.obs[batch_col].astype(str) == first][:300].copy()
+    query.obs_names = [f"new_{i}" for i in range(query.n_obs)]
+    query = ad.AnnData(query.layers["counts"], obs=query.obs[["cell_type"]].copy(),
+                       var=query.var[[]].copy())  # fmt: skip
+    query.write_h5ad(tmp_path / "query.h5ad")
+    _goto(page, server, "Map", ws, "Map new data")
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
+        str(tmp_path / "query.h5ad")
+    )
+    page.get_by_role("button", name="Map the query").wait_for(timeout=LONG)
+    _settle(page)
+    page.get_by_role("spinbutton", name="Adaptation steps", exact=True).fill("20")
+    page.keyboard.press("Tab")
+    page.get_by_role("button", name="Map the query").click()
+    page.get_by_text(re.compile(r"Mapped \d+ query cells")).wait_for(timeout=LONG)
+    page.get_by_role("heading", name="How sure is each transferred label?").wait_for(timeout=LONG)
+    _shot(page, "10_map")
+    assert page.locator(".js-plotly-plot").count() == 3
+    with page.expect_download(timeout=LONG) as dl:
+        page.get_by_role("button", name=re.compile("Reference \\+ query")).click()
+    dl.value.save_as(tmp_path / "mapped.h5ad")
+    mapped = ad.read_h5ad(tmp_path / "mapped.h5ad")
+    assert 250 <= (mapped.obs["schelix_origin"] == "query").sum() <= 300  # after QC
+    assert "cell_type_transferred" in mapped.obs
+
+
+#: Three pixel rows across the quadrant's canvas (a quarter, half and three quarters down): the
+#: domain-sensitivity line and the shaded corner cross them, so they change when that line moves.
+_ROWS = """() => {
+  const c = document.querySelector('[data-testid="stVegaLiteChart"] canvas');
+  if (!c) return '';
+  const g = c.getContext('2d'), out = [];
+  for (const f of [0.25, 0.5, 0.75]) out.push(...g.getImageData(0, Math.floor(c.height * f), c.width, 1).data);
+  let h = 0;
+  for (let i = 0; i < out.length; i++) h = (h * 31 + out[i] + i) | 0;
+  return String(h);
+}"""
+
+
+def _quadrant_latency(page) -> None:
+    """Slider key press -> counts and lines redrawn, timed in the browser (printed with the load).
+
+    Ten single presses (each waits until the chart's canvas changes where the line crosses it:
+    the new line came back from the server and is drawn), then fourteen quick presses (time
+    until the page settles). The issue's target is a median under 250 ms; on a loaded machine
+    the bound grows with the load average per core, so the assertion stays meaningful.
+    """
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    times = []
+    for i in range(10):  # left, right, left, ...: the line stays inside the slider's range
+        key = "ArrowLeft" if i % 2 == 0 else "ArrowRight"
+        rows = page.evaluate(_ROWS)
+        t0 = time.perf_counter()
+        page.keyboard.press(key)
+        page.wait_for_function(
+            f"(before) => ({_ROWS})() !== before", arg=rows, timeout=30_000, polling="raf"
+        )
+        times.append(time.perf_counter() - t0)
+        page.wait_for_timeout(150)
+    _settle(page)
+    t0 = time.perf_counter()
+    for _ in range(10):  # 14 quick presses: 10 left, then 4 right
+        page.keyboard.press("ArrowLeft")
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    _settle(page)
+    burst = time.perf_counter() - t0 - 1.0  # _settle waits one quiet second
+    median = sorted(times)[len(times) // 2]
+    load = os.getloadavg()
+    per_core = load[0] / (os.cpu_count() or 1)
+    print(
+        f"\nquadrant latency: median {median * 1000:.0f} ms, max {max(times) * 1000:.0f} ms over "
+        f"10 presses; 14 quick presses settle in {burst:.2f} s; load average {load[0]:.1f} / "
+        f"{load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "quadrant_latency.txt").write_text(
+        f"median_ms={median * 1000:.0f} max_ms={max(times) * 1000:.0f} burst_s={burst:.2f} "
+        f"load1={load[0]:.2f} cores={os.cpu_count()}\n"
+    )
+    # The issue's target: a median under 250 ms. Held on a quiet machine; on a loaded one the
+    # bound grows with the load per core (the plotly chart this replaced took 450-940 ms).
+    assert median < 0.25 * max(1.0, per_core), (times, load)

@@ -6,6 +6,7 @@ import anndata as ad
 import pytest
 
 import schelix
+from schelix import layouts
 from schelix.cli import main
 from schelix.config import SCHelixConfig
 
@@ -26,9 +27,12 @@ def test_run_then_evaluate(counts_h5ad, tmp_path, capsys):
                  "--save-model", str(tmp_path / "model"), *FAST])  # fmt: skip
     assert code == 0
     back = ad.read_h5ad(out)
-    assert back.obsm["X_schelix"].shape == (back.n_obs, SCHelixConfig().latent_dim)
+    # opens on its UMAP in cellxgene: X_umap, and no latent offered as a 2-d layout
+    assert layouts.layout_names(back)[0] == "umap"
+    assert all(back.obsm[k].shape[1] == 2 for k in back.obsm if k.startswith("X_"))
+    assert back.obsm["schelix"].shape == (back.n_obs, SCHelixConfig().latent_dim)
     for stage in ("variant", "variant_aligned", "anchor", "anchor_refined"):
-        assert f"X_schelix_{stage}" in back.obsm
+        assert f"schelix_{stage}" in back.obsm
     streams = set(back.var["schelix_stream"].astype(str))
     assert {"anchor", "variant"} <= streams <= {"anchor", "variant", "unused"}
     uns = back.uns["schelix"]

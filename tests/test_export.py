@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import anndata as ad
@@ -87,7 +88,9 @@ def test_figures_show_the_data(integrated: ad.AnnData) -> None:
     q = figs["quadrant"]
     n_anchor = int((anchors.gene_table(integrated)["stream"] == "anchor").sum())
     assert q.data[0].name == f"anchors ({n_anchor})" and len(q.data[0].x) == n_anchor
-    assert len(q.layout.shapes) == 2  # the two threshold lines
+    lines = [sh for sh in q.layout.shapes if sh.type == "line"]
+    (corner,) = [sh for sh in q.layout.shapes if sh.type == "rect"]  # the shaded anchor corner
+    assert len(lines) == 2 and (corner.x1, corner.y0) == (lines[0].x0, lines[1].y0)
     assert {tr.name for tr in figs["losses"].data} == {"total", "align"}
     assert len(figs["losses"].layout.shapes) == 2  # warm-up -> fusion marked in each panel
     assert len(figs["stages"].data) == 5 * integrated.obs["cell_type"].nunique()
@@ -113,7 +116,7 @@ def test_export_writes_a_reopenable_h5ad_and_every_file(
     )
     back = ad.read_h5ad(files["h5ad"])
     assert np.allclose(back.obsm["X_umap"], integrated.obsm["X_schelix_umap"])
-    assert "X_schelix" in back.obsm and "X_schelix_anchor_refined" in back.obsm
+    assert "schelix" in back.obsm and "X_umap_anchor_refined" in back.obsm  # viewer names
     assert list(back.var["schelix_stream"].cat.categories) == ["anchor", "variant", "unused"]
     exp = back.uns["schelix"]["export"]
     assert (
@@ -126,9 +129,29 @@ def test_export_writes_a_reopenable_h5ad_and_every_file(
     anchors_csv = pd.read_csv(files["anchor_genes"])
     assert len(anchors_csv) == int((integrated.var["schelix_stream"] == "anchor").sum())
     assert pd.read_csv(files["metrics"], index_col=0).loc["scHelix", "ASW_ct"] == 0.6
+    assert files["metrics"].read_text().startswith("method,")  # no blank first header
     for name in ("quadrant", "qc", "losses", "stages", "metrics"):
         for ext in ("html", "png", "svg"):
             assert files[f"figure_{name}_{ext}"].stat().st_size > 1000
     assert files["figure_quadrant_png"].read_bytes()[:4] == b"\x89PNG"
     assert b"plotly" in files["figure_quadrant_html"].read_bytes()[:200000]
     assert files["model"].suffix == ".zip"
+
+
+def test_exported_metrics_chart_has_one_bar_per_method_and_metric(tmp_path: Path) -> None:
+    table = pd.DataFrame(
+        {"ASW_ct": [0.6, 0.5, 0.4], "ARI": [0.7, 0.8, 0.3], "Overall": [0.7, 0.6, 0.5]},
+        index=["scHelix", "Harmony", "Unintegrated (PCA)"],
+    )
+    mfig = export.to_matplotlib(plots.metrics_chart(table))
+    ax = mfig.axes[0]
+    bars = [p for p in ax.patches if p.get_width() > 0]
+    assert len(bars) == 9  # 3 methods x 3 metrics, not drawn on top of each other
+    spans = sorted((p.get_x(), p.get_x() + p.get_width()) for p in bars)
+    assert all(a[1] <= b[0] + 1e-9 for a, b in itertools.pairwise(spans))  # no two bars overlap
+    by_height = {round(p.get_height(), 6) for p in bars}
+    assert by_height == {round(v, 6) for v in table.to_numpy().ravel()}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["ASW_ct", "ARI", "Overall"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(table.index)
+    export.write_figure(plots.metrics_chart(table), tmp_path, "m")
+    assert (tmp_path / "m.png").stat().st_size > 1000

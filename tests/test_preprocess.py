@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
+from conftest import shared_data
 
 import schelix.preprocess as pp
 from schelix import qc
-from schelix.datasets import DEMO_BATCH_KEY, demo, synthetic
+from schelix.datasets import DEMO_BATCH_KEY, DEMO_LABEL_KEY, demo, synthetic
 from schelix.errors import SchelixError
 
 
@@ -223,9 +224,9 @@ def test_tiny_batch_rejected_by_highly_variable(base):
         pp.highly_variable(a, batch_key="batch")
 
 
-def test_preprocess_demo():
-    a = demo()
-    out = pp.preprocess(a, batch_key=DEMO_BATCH_KEY)  # the defaults, as for any upload
+def test_preprocess_pbmc_3chem():
+    a = ad.read_h5ad(shared_data("pbmc_3chem.h5ad"))  # three chemistries, V3 with more mito reads
+    out = pp.preprocess(a, batch_key="tech")  # the defaults, as for any upload
     per = out.uns["schelix"]["preprocess"]["qc"]["per_batch"]
     assert per["batch"] == ["V2", "V3", "VDJ"]
     assert all(k >= 0.85 * c for k, c in zip(per["kept"], per["cells"]))
@@ -234,4 +235,12 @@ def test_preprocess_demo():
     assert sp.isspmatrix_csr(out.X) and out.X.dtype == np.float32
     np.testing.assert_allclose(np.expm1(out.X[:50].toarray()).sum(1), 1e4, rtol=1e-3)
     with pytest.raises(SchelixError, match="'V3' keeps 1 of 865"):  # the paper's 5 %
-        pp.preprocess(a, batch_key=DEMO_BATCH_KEY, qc="fixed")
+        pp.preprocess(a, batch_key="tech", qc="fixed")
+
+
+def test_the_demo_has_the_usual_markers_and_finer_types():
+    a = demo()
+    assert a.obs[DEMO_LABEL_KEY].nunique() == 8 and "source" in a.uns and "Kang" in a.uns["source"]
+    out = pp.preprocess(a, batch_key=DEMO_BATCH_KEY)
+    hvg = out.var_names[out.var["highly_variable"]]
+    assert {"LYZ", "MS4A1", "NKG7"} <= set(hvg)

@@ -192,7 +192,7 @@ def test_three_10x_files_run_as_three_batches_in_the_cli(three_h5, tmp_path, cap
     back = ad.read_h5ad(out)
     assert sorted(back.obs["sample"].unique()) == ["pbmc_V2", "pbmc_V3", "pbmc_VDJ"]
     assert (
-        back.obsm["X_schelix"].shape[0] == back.n_obs and back.uns["schelix"]["train"]["steps"] == 4
+        back.obsm["schelix"].shape[0] == back.n_obs and back.uns["schelix"]["train"]["steps"] == 4
     )
 
 
