@@ -224,33 +224,40 @@ def _check_run(args: argparse.Namespace) -> None:
             )
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    import schelix
+def run_config(args: argparse.Namespace) -> Any:
+    """The :class:`~schelix.SCHelixConfig` of ``schelix run``: --preset, then --config, --set."""
     from schelix.config import SCHelixConfig
-    from schelix.pipeline import integrate
+
+    preset = ABLATIONS[args.preset] if args.preset else {}
+    return SCHelixConfig.from_dict({**preset, **_load_config(args.config), **_parse_sets(args.set)})
+
+
+def prepare_run(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``schelix run`` up to training: check, read, preprocess; ``(adata, config)``."""
+    import schelix
 
     _check_run(args)
-    preset = ABLATIONS[args.preset] if args.preset else {}
-    config = SCHelixConfig.from_dict(
-        {**preset, **_load_config(args.config), **_parse_sets(args.set)}
-    )
+    config = run_config(args)
     adata = _read_input(args)
-    label_key = args.label_key if args.label_key in adata.obs else None
     adata = schelix.pp.preprocess(
         adata, batch_key=args.batch_key, n_top_genes=args.n_top_genes, **_qc_options(args)
     )
     print_qc(adata)
-    model = integrate(
-        adata, batch_key=args.batch_key, label_key=label_key, config=config, seed=args.seed,
-        device=args.device, max_steps=args.steps, progress_bar=not args.quiet,
-    )  # fmt: skip
+    return adata, config
+
+
+def finish_run(args: argparse.Namespace, model: Any) -> None:
+    """``schelix run`` after training: report, score, save the model, write the h5ad."""
+    import schelix
+
+    adata = model.adata
     print(
         f"trained {model.state.step} steps on {model.device} in {model.state.seconds:.1f} s",
         file=sys.stderr,
     )
     if not args.no_evaluate:
         table = schelix.evaluate.evaluate(
-            adata, ["X_schelix"], batch_key=args.batch_key, label_key=label_key
+            adata, ["X_schelix"], batch_key=args.batch_key, label_key=model.label_key
         )
         print(table.to_string(), file=sys.stderr)
     if args.save_model:
@@ -263,6 +270,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     layouts.for_viewers(adata).write_h5ad(out)  # opens on X_umap in cellxgene
     print(f"wrote {out}", file=sys.stderr)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from schelix.pipeline import integrate
+
+    adata, config = prepare_run(args)
+    label_key = args.label_key if args.label_key in adata.obs else None
+    model = integrate(
+        adata, batch_key=args.batch_key, label_key=label_key, config=config, seed=args.seed,
+        device=args.device, max_steps=args.steps, progress_bar=not args.quiet,
+    )  # fmt: skip
+    finish_run(args, model)
     return 0
 
 
