@@ -11,7 +11,8 @@ beside the reference without retraining:
 2. **Adapt** (scArches-style, :func:`adapt`): each query batch gets its own entry
    (:class:`schelix.module.adapter.QueryAdapter`: an input shift and decoder columns) trained
    for ``adapt_steps`` steps with every network weight frozen; reference cells have no entry,
-   so their embedding does not move.
+   so their embedding does not move. With ``mix`` (default) the model's cross-batch MNN term
+   pulls query cells toward their reference partners (:mod:`schelix.mixing`).
 3. **Transfer labels** (:func:`schelix.transfer.transfer_labels`): weighted kNN from the
    reference's labels on the fused embedding, with probability, uncertainty and "Unknown".
 
@@ -33,6 +34,7 @@ import torch
 
 from schelix import data as data_step
 from schelix.errors import SchelixError
+from schelix.mixing import MIX_STAGE
 from schelix.model import SCHelix
 from schelix.module.adapter import QueryAdapter
 from schelix.module.network import STAGES
@@ -153,13 +155,19 @@ def adapt(
     steps: int = DEFAULT_ADAPT_STEPS,
     seed: int = 0,
     lr: float = 1e-2,
+    mix: bool = True,
+    mix_stage: str = MIX_STAGE,
     progress: Progress | None = None,
 ) -> SCHelix:
     """Train a new entry for each query batch, every network weight frozen (scArches-style).
 
     Query batch names that are also reference batch names must be renamed first
     (:func:`map_query` does it). Stores ``model.adapter``; :func:`embed` then uses it.
+    ``mix`` adds the query-reference MNN term (:mod:`schelix.mixing`; weight
+    ``w_mnn_variant``, partners ``mnn_k``) on the ``mix_stage`` embedding; ``False`` trains
+    on reconstruction and Align alone.
     """
+    from schelix import mixing
     from schelix.checks import check_steps
 
     check_steps(steps)
@@ -176,6 +184,7 @@ def adapt(
     codes = pd.Categorical(query.obs[batch_key].astype(str), names).codes
     q = torch.as_tensor(codes.astype(np.int64))
     module, dev = model.module, model.device or "cpu"
+    pull = mixing.prepare(model, data, codes, stage=mix_stage) if mix else None
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     adapter = QueryAdapter(module, len(names), data.x_variant.shape[1], data.x_anchor.shape[1])
@@ -192,9 +201,13 @@ def adapt(
         bs = min(model.config.batch_size, data.n_cells)
         for step in range(steps):
             idx = torch.randint(0, data.n_cells, (bs,), generator=gen)
+            pair = None
+            if pull is not None:
+                has, targets = mixing.sample_targets(pull[0], pull[1], idx, gen)
+                pair = (mix_stage, has.to(dev), targets.to(dev))
             loss = adapter.losses(
                 module, data.x_variant[idx].to(dev), data.x_anchor[idx].to(dev),
-                q[idx].to(dev), weights,
+                q[idx].to(dev), weights, pair,
             )  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -237,6 +250,7 @@ def map_query(
     batch_key: str,
     transfer: Sequence[str] = (),
     adapt_steps: int = DEFAULT_ADAPT_STEPS,
+    mix: bool = True,
     seed: int = 0,
     uncertainty_threshold: float | None = None,
     progress: Progress | None = None,
@@ -255,6 +269,8 @@ def map_query(
         ``<label>_probability`` and ``<label>_uncertainty`` (see :mod:`schelix.transfer`).
     adapt_steps
         Steps of query-batch adaptation (0: embed with the reference model as it is).
+    mix
+        Pull query cells toward their reference MNN partners while adapting (:func:`adapt`).
     uncertainty_threshold
         Cells above it are labelled "Unknown" (default :data:`schelix.transfer.UNKNOWN_ABOVE`).
 
@@ -281,7 +297,8 @@ def map_query(
         f"{b} (query)" if b in known else b for b in query.obs[batch_key].astype(str)
     ]
     if adapt_steps > 0:
-        adapt(model, query, batch_key=batch_key, steps=adapt_steps, seed=seed, progress=progress)
+        adapt(model, query, batch_key=batch_key, steps=adapt_steps, seed=seed, mix=mix,
+              progress=progress)  # fmt: skip
     if progress is not None:
         progress(1.0, "embedding the query")
     q_emb = embed(model, query, batch_key=batch_key)
@@ -314,6 +331,7 @@ def map_query(
             "batch_key": model.batch_key,
             "query_batches": sorted(set(query.obs[batch_key].astype(str))),
             "adapt_steps": int(adapt_steps),
+            "mix": bool(mix and adapt_steps > 0),
             "transfer": list(transfer),
             "seconds": float(time.perf_counter() - t0),
             "reference_expression": not ref.uns.get("schelix", {}).get("reference_only", False),

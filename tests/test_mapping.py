@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import warnings
@@ -11,9 +12,10 @@ import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
+from sklearn.neighbors import NearestNeighbors
 
 import schelix
-from schelix import anchors, mapping
+from schelix import anchors, mapping, mixing
 from schelix.errors import SchelixError, SchelixWarning
 from schelix.gate import VariantGate
 from schelix.model import SCHelix
@@ -113,6 +115,47 @@ def test_adaptation_leaves_the_reference_embedding_and_the_network_unchanged(tra
         assert all(p.requires_grad for p in model.module.parameters())
     finally:
         model.adapter = None
+
+
+def _reference_share(joint: ad.AnnData, k: int = 15) -> tuple[float, float]:
+    """Of the query cells' ``k`` nearest neighbours (fused): the share that are reference
+    cells, and the share of the query cell's own type."""
+    x = joint.obsm["X_schelix"]
+    q = (joint.obs["schelix_origin"] == "query").to_numpy()
+    idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x[q], return_distance=False)
+    types = joint.obs["cell_type"].astype(str).to_numpy()
+    return float((~q[idx]).mean()), float((types[idx] == types[q][:, None]).mean())
+
+
+def test_query_reference_mnn_pairs_are_mutual_nearest_neighbours():
+    ref = np.array([[0.0, 0.0], [10.0, 0.0], [0.1, 0.0], [10.1, 0.0], [50.0, 50.0]])
+    ref_batch = np.array(["r1", "r1", "r2", "r2", "r2"])
+    q = np.array([[0.05, 0.0], [10.05, 0.0], [-50.0, 0.0]])
+    partners = mixing.query_partners(q, np.array(["q"] * 3), ref, ref_batch, k=1).numpy()
+    # the first two pair with their mutual nearest reference cells; the far one with none
+    # (its nearest reference cell, 0, has a nearer query cell)
+    np.testing.assert_array_equal(partners[:, 0], [0, 1, -1])
+    alone = mixing.query_partners(q, np.array(["q"] * 3), ref[2:], ref_batch[2:], k=1).numpy()
+    np.testing.assert_array_equal(alone[:, 0], [0, 1, -1])  # within each reference batch
+
+
+def test_the_mixing_term_puts_the_query_among_the_reference_of_its_type(trained):
+    _, _, query, _, path = trained
+    shares = {}
+    for mix in (False, True):
+        loaded = mapping.load_reference(path)
+        joint = mapping.map_query(loaded, query, batch_key="batch", mix=mix, adapt_steps=60)
+        assert joint.uns["schelix"]["map"]["mix"] is mix
+        shares[mix] = _reference_share(joint)
+    # without the term the query forms its own sub-cluster; with it, reference cells are among
+    # its neighbours, and they are of the query cells' own type
+    assert shares[True][0] > shares[False][0] + 0.15, shares
+    assert shares[True][1] > 0.9, shares
+    loaded = mapping.load_reference(path)
+    off = dataclasses.replace(loaded.config, w_mnn_variant=0.0)  # the model's weight: 0 = off
+    loaded.config = loaded.module.config = off
+    joint = mapping.map_query(loaded, query, batch_key="batch", mix=True, adapt_steps=60)
+    assert abs(_reference_share(joint)[0] - shares[False][0]) < 1e-6
 
 
 def test_label_transfer_marks_a_new_cell_state_unknown():
