@@ -43,6 +43,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+# scanpy's QC runs numba ``prange``; numba's OpenMP layer then sets the shared OpenMP thread
+# count to every core, so torch runs 2 threads where OMP_NUM_THREADS said 1 (measured: a mapping
+# step 50x slower on the shared 2-core machine). Numba gets the same count, before its import.
+if "OMP_NUM_THREADS" in os.environ:
+    os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: file, batch column, label column, held-out batch (a data description, not a tuning flag)
 DATASETS = {

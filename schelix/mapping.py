@@ -165,7 +165,8 @@ def adapt(
     (:func:`map_query` does it). Stores ``model.adapter``; :func:`embed` then uses it.
     ``mix`` adds the query-reference MNN term (:mod:`schelix.mixing`; weight
     ``w_mnn_variant``, partners ``mnn_k``) on the ``mix_stage`` embedding; ``False`` trains
-    on reconstruction and Align alone.
+    on reconstruction and Align alone. ``model.adapter[0].paired``: the fraction of query
+    cells with a reference partner.
     """
     from schelix import mixing
     from schelix.checks import check_steps
@@ -218,6 +219,7 @@ def adapt(
         for p, flag in was:
             p.requires_grad_(flag)
         module.train(was_training)
+    adapter.paired = float((pull[0][:, 0] >= 0).float().mean()) if pull is not None else 0.0
     model.adapter = (adapter.eval(), names)
     return model
 
@@ -332,6 +334,7 @@ def map_query(
             "query_batches": sorted(set(query.obs[batch_key].astype(str))),
             "adapt_steps": int(adapt_steps),
             "mix": bool(mix and adapt_steps > 0),
+            "mix_paired": model.adapter[0].paired if adapt_steps > 0 else 0.0,
             "transfer": list(transfer),
             "seconds": float(time.perf_counter() - t0),
             "reference_expression": not ref.uns.get("schelix", {}).get("reference_only", False),

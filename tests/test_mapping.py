@@ -12,7 +12,6 @@ import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
-from sklearn.neighbors import NearestNeighbors
 
 import schelix
 from schelix import anchors, mapping, mixing
@@ -117,14 +116,13 @@ def test_adaptation_leaves_the_reference_embedding_and_the_network_unchanged(tra
         model.adapter = None
 
 
-def _reference_share(joint: ad.AnnData, k: int = 15) -> tuple[float, float]:
-    """Of the query cells' ``k`` nearest neighbours (fused): the share that are reference
-    cells, and the share of the query cell's own type."""
-    x = joint.obsm["X_schelix"]
-    q = (joint.obs["schelix_origin"] == "query").to_numpy()
-    idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x[q], return_distance=False)
-    types = joint.obs["cell_type"].astype(str).to_numpy()
-    return float((~q[idx]).mean()), float((types[idx] == types[q][:, None]).mean())
+def _partner_distance(query_variant: np.ndarray, ref_variant: np.ndarray, partners) -> float:
+    """Mean ``1 - cos`` between paired query cells and their reference partners (variant)."""
+    has = partners[:, 0] >= 0
+    q = query_variant[has] / np.linalg.norm(query_variant[has], axis=1, keepdims=True)
+    r = ref_variant[partners[has]]
+    r = r / np.linalg.norm(r, axis=2, keepdims=True)
+    return float((1 - np.einsum("nd,nkd->nk", q, r)).mean())
 
 
 def test_query_reference_mnn_pairs_are_mutual_nearest_neighbours():
@@ -139,23 +137,32 @@ def test_query_reference_mnn_pairs_are_mutual_nearest_neighbours():
     np.testing.assert_array_equal(alone[:, 0], [0, 1, -1])  # within each reference batch
 
 
-def test_the_mixing_term_puts_the_query_among_the_reference_of_its_type(trained):
+def test_the_mixing_term_pulls_query_cells_toward_their_reference_partners(trained):
     _, _, query, _, path = trained
-    shares = {}
+    model = mapping.load_reference(path)
+    plain = mapping.embed(model, query)  # the frozen network's view, before any adaptation
+    partners = mixing.query_partners(
+        plain["anchor"], np.zeros(query.n_obs), model.get_latent_representation("anchor"),
+        model.adata.obs["batch"].astype(str).to_numpy(), k=model.config.mnn_k,
+    ).numpy()  # fmt: skip
+    assert (partners[:, 0] >= 0).mean() > 0.3  # the pairs are found
+    ref_variant = model.get_latent_representation("variant")
+    dist = {}
     for mix in (False, True):
         loaded = mapping.load_reference(path)
         joint = mapping.map_query(loaded, query, batch_key="batch", mix=mix, adapt_steps=60)
-        assert joint.uns["schelix"]["map"]["mix"] is mix
-        shares[mix] = _reference_share(joint)
-    # without the term the query forms its own sub-cluster; with it, reference cells are among
-    # its neighbours, and they are of the query cells' own type
-    assert shares[True][0] > shares[False][0] + 0.15, shares
-    assert shares[True][1] > 0.9, shares
+        info = joint.uns["schelix"]["map"]
+        assert info["mix"] is mix and (info["mix_paired"] > 0.3 if mix else True), info
+        is_q = (joint.obs["schelix_origin"] == "query").to_numpy()
+        dist[mix] = _partner_distance(joint.obsm["X_schelix_variant"][is_q], ref_variant, partners)
+    assert dist[True] < 0.8 * dist[False], dist  # the pull brings the pairs together
     loaded = mapping.load_reference(path)
     off = dataclasses.replace(loaded.config, w_mnn_variant=0.0)  # the model's weight: 0 = off
     loaded.config = loaded.module.config = off
     joint = mapping.map_query(loaded, query, batch_key="batch", mix=True, adapt_steps=60)
-    assert abs(_reference_share(joint)[0] - shares[False][0]) < 1e-6
+    is_q = (joint.obs["schelix_origin"] == "query").to_numpy()
+    variant = joint.obsm["X_schelix_variant"][is_q]
+    assert abs(_partner_distance(variant, ref_variant, partners) - dist[False]) < 1e-6
 
 
 def test_label_transfer_marks_a_new_cell_state_unknown():

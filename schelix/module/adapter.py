@@ -42,6 +42,8 @@ class QueryAdapter(nn.Module):
             start = w[:, d:].mean(1) if dec.n_batches else torch.zeros(w.shape[0])
             cols[name] = nn.Parameter(start.repeat(n_query, 1).clone())
         self.columns = nn.ParameterDict(cols)
+        #: fraction of the query cells with a reference MNN partner (set by mapping.adapt)
+        self.paired = 0.0
 
     def shift(
         self, x_var: torch.Tensor, x_inv: torch.Tensor, q: torch.Tensor
