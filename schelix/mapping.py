@@ -47,7 +47,14 @@ __all__ = [
 ]  # fmt: skip
 
 #: Steps of query adaptation by default ("a few hundred"; see benchmarks/MAPPING_RESULTS.md).
-DEFAULT_ADAPT_STEPS = 200
+#: Adaptation steps by default: none. The encoders never see the batch (only the decoders do),
+#: so a new batch is embedded as it is; the scArches-style adaptation (:func:`adapt`) stays one
+#: option away. Measured on the three shared datasets (leave one batch out, seed 0; the models of
+#: ``benchmarks/mapping.py``): 200 adaptation steps never helped and moved the query away from the
+#: reference (iLISI CellBench 0.22 -> 0.07, PBMC 0.57 -> 0.19, Kang 0.11 -> 0.06; Kang accuracy
+#: 0.893 -> 0.871; CellBench and PBMC accuracy equal within one cell), and made mapping 15-25x
+#: slower (``benchmarks/EXPERIMENTS.md``, "How many adaptation steps").
+DEFAULT_ADAPT_STEPS = 0
 #: ``obs`` column of the joint AnnData: "reference" or "query".
 ORIGIN_KEY = "schelix_origin"
 Progress = Callable[[float, str], None]
