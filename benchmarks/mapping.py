@@ -13,13 +13,19 @@ reference. Per seed:
   and its default training length; ``SCVI.load_query_data`` + 200 query epochs
   (``weight_decay=0``), as the tutorial; the same kNN transfer on its latent.
 - **Retrain**: what a user does without mapping: ``schelix run`` on reference + query
-  (measured once per dataset, seed 0).
+  (measured once per dataset, seed 0, after that dataset's first mapping).
 
 Scores on the held-out cells with a usable label ("Unknown" counts as wrong): accuracy and
 macro-F1; on the joint embedding with origin (reference / query) as the batch: ASW_batch
 (scib-metrics, per cell type) and iLISI (k = 90, scaled).
 
     python benchmarks/mapping.py [--datasets cellbench pbmc3 kang] [--seeds 0 1 2]
+        [--mix on off] [--models DIR] [--skip-scvi] [--no-retrain]
+
+``--mix on off`` maps each reference twice, with and without the query-reference MNN term of
+the adaptation (rows "scHelix" and "scHelix (no mix)"); ``--models DIR`` keeps the trained
+reference models (and the retrain time) so that a later run maps onto the same ones; an
+existing ``--out`` file is resumed (rows already there are not run again).
 """
 
 from __future__ import annotations
@@ -37,11 +43,20 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+# scanpy's QC runs numba ``prange``; numba's OpenMP layer then sets the shared OpenMP thread
+# count to every core, so torch runs 2 threads where OMP_NUM_THREADS said 1 (measured: a mapping
+# step 50x slower on the shared 2-core machine). Numba gets the same count, before its import.
+if "OMP_NUM_THREADS" in os.environ:
+    os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: file, batch column, label column, held-out batch (a data description, not a tuning flag)
 DATASETS = {
     "cellbench": ("cellbench_lung_lines.h5ad", "batch", "cell_line", "Drop-seq"),
     "pbmc3": ("pbmc_3chem.h5ad", "tech", "cell_type", "VDJ"),
+    # Kang's README batch column is `condition` (ctrl / stim): holding one out leaves a one-batch
+    # reference, which scHelix refuses (anchors need two batches). So the batch is the donor and
+    # donor 101 (488 ctrl + 729 stim cells, all labelled) is held out; the reference keeps the
+    # other donors of both conditions (and the unlabelled donor-"unknown" cells).
     "kang": ("kang_ifnb_pbmc.h5ad", "donor", "cell_type", "101"),
 }
 
@@ -76,30 +91,41 @@ def _scores(ref_emb, query_emb, ref_labels, truth) -> dict:
     return out
 
 
-def _schelix(raw, bkey, lkey, held, seed) -> tuple[dict, float]:
+def _reference(raw, bkey, lkey, held, seed, cache: Path | None, tmp: str) -> tuple[Path, dict]:
+    """The saved reference model (trained here, or read from ``cache``) and its training time."""
     import schelix
-    from schelix.mapping import load_reference, map_query, prepare_query
     from schelix.pipeline import integrate
 
-    ref_raw = raw[raw.obs[bkey] != held].copy()
-    q_raw = raw[raw.obs[bkey] == held].copy()
+    folder = cache / f"{bkey}_{held}_s{seed}" if cache else Path(tmp) / "model"
+    info = folder / "bench.json"
+    if info.is_file():
+        return folder, json.loads(info.read_text())
     t0 = time.perf_counter()
-    ref = schelix.pp.preprocess(ref_raw, batch_key=bkey)
+    ref = schelix.pp.preprocess(raw[raw.obs[bkey] != held].copy(), batch_key=bkey)
     model = integrate(ref, batch_key=bkey, label_key=lkey, seed=seed)
-    t_ref = time.perf_counter() - t0
+    meta = {"train_ref_s": time.perf_counter() - t0, "train_load": os.getloadavg()}
+    model.save(folder)
+    info.write_text(json.dumps(meta))
+    return folder, meta
+
+
+def _schelix(raw, bkey, lkey, held, seed, *, mix: bool, cache: Path | None) -> dict:
+    from schelix.mapping import load_reference, map_query, prepare_query
+
+    q_raw = raw[raw.obs[bkey] == held].copy()
     with tempfile.TemporaryDirectory() as tmp:
-        model.save(tmp)
+        folder, meta = _reference(raw, bkey, lkey, held, seed, cache, tmp)
         t0 = time.perf_counter()
-        loaded = load_reference(tmp)
+        loaded = load_reference(folder)
         query = prepare_query(q_raw, batch_key=bkey)
-        joint = map_query(loaded, query, batch_key=bkey, transfer=[lkey], seed=seed)
+        joint = map_query(loaded, query, batch_key=bkey, transfer=[lkey], seed=seed, mix=mix)
         t_map = time.perf_counter() - t0
     is_q = (joint.obs["schelix_origin"] == "query").to_numpy()
     emb = joint.obsm["X_schelix"]
     truth = joint.obs[lkey].astype(str).to_numpy()
     out = _scores(emb[~is_q], emb[is_q], truth[~is_q], truth[is_q])
-    out.update(train_ref_s=t_ref, map_s=t_map, n_query=int(is_q.sum()))
-    return out, t_map
+    out.update(meta, map_s=t_map, map_load=os.getloadavg(), n_query=int(is_q.sum()))
+    return out
 
 
 def _scvi(raw, bkey, lkey, held, seed) -> dict:
@@ -140,14 +166,21 @@ def _scvi(raw, bkey, lkey, held, seed) -> dict:
     return out
 
 
-def _retrain(raw, bkey, lkey) -> float:
+def _retrain(raw, bkey, lkey, cache: Path | None) -> float:
     import schelix
     from schelix.pipeline import integrate
 
+    info = cache / f"{bkey}_retrain.json" if cache else None
+    if info is not None and info.is_file():
+        return json.loads(info.read_text())["retrain_s"]
     t0 = time.perf_counter()
     adata = schelix.pp.preprocess(raw.copy(), batch_key=bkey)
     integrate(adata, batch_key=bkey, label_key=lkey, seed=0)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    if info is not None:
+        info.parent.mkdir(parents=True, exist_ok=True)
+        info.write_text(json.dumps({"retrain_s": seconds, "load": os.getloadavg()}))
+    return seconds
 
 
 def main() -> None:
@@ -156,6 +189,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--skip-scvi", action="store_true")
     parser.add_argument("--skip-schelix", action="store_true", help="only the scVI rows")
+    parser.add_argument("--no-retrain", action="store_true", help="skip the retrain timing")
+    parser.add_argument("--mix", nargs="+", default=["on"], choices=["on", "off"],
+                        help="map with the query-reference MNN term on and/or off")  # fmt: skip
+    parser.add_argument("--models", default=None,
+                        help="folder that keeps trained reference models for reuse")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/mapping.json")
     parser.add_argument("--report", default=None, help="only print the table of a results JSON")
     args = parser.parse_args()
@@ -163,9 +201,12 @@ def main() -> None:
         print(summarize(json.loads(Path(args.report).read_text())["rows"]))
         return
     warnings.filterwarnings("ignore")
-    rows, meta = [], {"machine": platform.platform(), "cpus": os.cpu_count()}
+    meta = {"machine": platform.platform(), "cpus": os.cpu_count()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(out.read_text())["rows"] if out.is_file() else []  # resume
+    done = {(r["dataset"], r["method"], r["seed"]) for r in rows}
+    cache = Path(args.models) if args.models else None
     raws, retrain = {}, {}
     for seed in args.seeds:  # seed-major: every dataset has results as early as possible
         for name in args.datasets:
@@ -173,17 +214,24 @@ def main() -> None:
             if name not in raws:
                 raws[name] = ad.read_h5ad(DATA / file)
                 raws[name].obs[bkey] = raws[name].obs[bkey].astype(str)
-                if not args.skip_schelix:
-                    retrain[name] = _retrain(raws[name], bkey, lkey)
-                    print(f"{name}: retrain {retrain[name]:.1f} s (load {os.getloadavg()})",
-                          flush=True)  # fmt: skip
             raw = raws[name]
-            if not args.skip_schelix:
-                res, _ = _schelix(raw, bkey, lkey, held, seed)
-                rows.append({"dataset": name, "method": "scHelix", "seed": seed,
-                             "retrain_s": retrain[name], **res})  # fmt: skip
+            todo = [] if args.skip_schelix else [m == "on" for m in args.mix]
+            for mix in todo:
+                method = "scHelix" if mix else "scHelix (no mix)"
+                if (name, method, seed) in done:
+                    continue
+                res = _schelix(raw, bkey, lkey, held, seed, mix=mix, cache=cache)
+                rows.append({"dataset": name, "method": method, "seed": seed, **res})
                 print(rows[-1], flush=True)
-            if not args.skip_scvi:
+            if todo and not args.no_retrain and name not in retrain:
+                retrain[name] = _retrain(raw, bkey, lkey, cache)
+                print(f"{name}: retrain {retrain[name]:.1f} s (load {os.getloadavg()})",
+                      flush=True)  # fmt: skip
+            for r in rows:
+                if r["dataset"] in retrain and r["method"].startswith("scHelix"):
+                    r["retrain_s"] = retrain[r["dataset"]]
+            out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+            if not args.skip_scvi and (name, "scVI+scArches", seed) not in done:
                 res = _scvi(raw, bkey, lkey, held, seed)
                 rows.append({"dataset": name, "method": "scVI+scArches", "seed": seed, **res})
                 print(rows[-1], flush=True)

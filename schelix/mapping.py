@@ -11,7 +11,8 @@ beside the reference without retraining:
 2. **Adapt** (scArches-style, :func:`adapt`): each query batch gets its own entry
    (:class:`schelix.module.adapter.QueryAdapter`: an input shift and decoder columns) trained
    for ``adapt_steps`` steps with every network weight frozen; reference cells have no entry,
-   so their embedding does not move.
+   so their embedding does not move. With ``mix`` (default) the model's cross-batch MNN term
+   pulls query cells toward their reference partners (:mod:`schelix.mixing`).
 3. **Transfer labels** (:func:`schelix.transfer.transfer_labels`): weighted kNN from the
    reference's labels on the fused embedding, with probability, uncertainty and "Unknown".
 
@@ -33,6 +34,7 @@ import torch
 
 from schelix import data as data_step
 from schelix.errors import SchelixError
+from schelix.mixing import MIX_STAGE
 from schelix.model import SCHelix
 from schelix.module.adapter import QueryAdapter
 from schelix.module.network import STAGES
@@ -45,7 +47,14 @@ __all__ = [
 ]  # fmt: skip
 
 #: Steps of query adaptation by default ("a few hundred"; see benchmarks/MAPPING_RESULTS.md).
-DEFAULT_ADAPT_STEPS = 200
+#: Adaptation steps by default: none. The encoders never see the batch (only the decoders do),
+#: so a new batch is embedded as it is; the scArches-style adaptation (:func:`adapt`) stays one
+#: option away. Measured on the three shared datasets (leave one batch out, seed 0; the models of
+#: ``benchmarks/mapping.py``): 200 adaptation steps never helped and moved the query away from the
+#: reference (iLISI CellBench 0.22 -> 0.07, PBMC 0.57 -> 0.19, Kang 0.11 -> 0.06; Kang accuracy
+#: 0.893 -> 0.871; CellBench and PBMC accuracy equal within one cell), and made mapping 15-25x
+#: slower (``benchmarks/EXPERIMENTS.md``, "How many adaptation steps").
+DEFAULT_ADAPT_STEPS = 0
 #: ``obs`` column of the joint AnnData: "reference" or "query".
 ORIGIN_KEY = "schelix_origin"
 Progress = Callable[[float, str], None]
@@ -153,13 +162,20 @@ def adapt(
     steps: int = DEFAULT_ADAPT_STEPS,
     seed: int = 0,
     lr: float = 1e-2,
+    mix: bool = True,
+    mix_stage: str = MIX_STAGE,
     progress: Progress | None = None,
 ) -> SCHelix:
     """Train a new entry for each query batch, every network weight frozen (scArches-style).
 
     Query batch names that are also reference batch names must be renamed first
     (:func:`map_query` does it). Stores ``model.adapter``; :func:`embed` then uses it.
+    ``mix`` adds the query-reference MNN term (:mod:`schelix.mixing`; weight
+    ``w_mnn_variant``, partners ``mnn_k``) on the ``mix_stage`` embedding; ``False`` trains
+    on reconstruction and Align alone. ``model.adapter[0].paired``: the fraction of query
+    cells with a reference partner.
     """
+    from schelix import mixing
     from schelix.checks import check_steps
 
     check_steps(steps)
@@ -176,6 +192,7 @@ def adapt(
     codes = pd.Categorical(query.obs[batch_key].astype(str), names).codes
     q = torch.as_tensor(codes.astype(np.int64))
     module, dev = model.module, model.device or "cpu"
+    pull = mixing.prepare(model, data, codes, stage=mix_stage) if mix else None
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     adapter = QueryAdapter(module, len(names), data.x_variant.shape[1], data.x_anchor.shape[1])
@@ -192,9 +209,13 @@ def adapt(
         bs = min(model.config.batch_size, data.n_cells)
         for step in range(steps):
             idx = torch.randint(0, data.n_cells, (bs,), generator=gen)
+            pair = None
+            if pull is not None:
+                has, targets = mixing.sample_targets(pull[0], pull[1], idx, gen)
+                pair = (mix_stage, has.to(dev), targets.to(dev))
             loss = adapter.losses(
                 module, data.x_variant[idx].to(dev), data.x_anchor[idx].to(dev),
-                q[idx].to(dev), weights,
+                q[idx].to(dev), weights, pair,
             )  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -205,6 +226,7 @@ def adapt(
         for p, flag in was:
             p.requires_grad_(flag)
         module.train(was_training)
+    adapter.paired = float((pull[0][:, 0] >= 0).float().mean()) if pull is not None else 0.0
     model.adapter = (adapter.eval(), names)
     return model
 
@@ -237,6 +259,7 @@ def map_query(
     batch_key: str,
     transfer: Sequence[str] = (),
     adapt_steps: int = DEFAULT_ADAPT_STEPS,
+    mix: bool = True,
     seed: int = 0,
     uncertainty_threshold: float | None = None,
     progress: Progress | None = None,
@@ -255,6 +278,8 @@ def map_query(
         ``<label>_probability`` and ``<label>_uncertainty`` (see :mod:`schelix.transfer`).
     adapt_steps
         Steps of query-batch adaptation (0: embed with the reference model as it is).
+    mix
+        Pull query cells toward their reference MNN partners while adapting (:func:`adapt`).
     uncertainty_threshold
         Cells above it are labelled "Unknown" (default :data:`schelix.transfer.UNKNOWN_ABOVE`).
 
@@ -281,7 +306,8 @@ def map_query(
         f"{b} (query)" if b in known else b for b in query.obs[batch_key].astype(str)
     ]
     if adapt_steps > 0:
-        adapt(model, query, batch_key=batch_key, steps=adapt_steps, seed=seed, progress=progress)
+        adapt(model, query, batch_key=batch_key, steps=adapt_steps, seed=seed, mix=mix,
+              progress=progress)  # fmt: skip
     if progress is not None:
         progress(1.0, "embedding the query")
     q_emb = embed(model, query, batch_key=batch_key)
@@ -314,6 +340,8 @@ def map_query(
             "batch_key": model.batch_key,
             "query_batches": sorted(set(query.obs[batch_key].astype(str))),
             "adapt_steps": int(adapt_steps),
+            "mix": bool(mix and adapt_steps > 0),
+            "mix_paired": model.adapter[0].paired if adapt_steps > 0 else 0.0,
             "transfer": list(transfer),
             "seconds": float(time.perf_counter() - t0),
             "reference_expression": not ref.uns.get("schelix", {}).get("reference_only", False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import warnings
@@ -13,7 +14,7 @@ import pytest
 import scanpy as sc
 
 import schelix
-from schelix import anchors, mapping
+from schelix import anchors, mapping, mixing
 from schelix.errors import SchelixError, SchelixWarning
 from schelix.gate import VariantGate
 from schelix.model import SCHelix
@@ -113,6 +114,55 @@ def test_adaptation_leaves_the_reference_embedding_and_the_network_unchanged(tra
         assert all(p.requires_grad for p in model.module.parameters())
     finally:
         model.adapter = None
+
+
+def _partner_distance(query_variant: np.ndarray, ref_variant: np.ndarray, partners) -> float:
+    """Mean ``1 - cos`` between paired query cells and their reference partners (variant)."""
+    has = partners[:, 0] >= 0
+    q = query_variant[has] / np.linalg.norm(query_variant[has], axis=1, keepdims=True)
+    r = ref_variant[partners[has]]
+    r = r / np.linalg.norm(r, axis=2, keepdims=True)
+    return float((1 - np.einsum("nd,nkd->nk", q, r)).mean())
+
+
+def test_query_reference_mnn_pairs_are_mutual_nearest_neighbours():
+    ref = np.array([[0.0, 0.0], [10.0, 0.0], [0.1, 0.0], [10.1, 0.0], [50.0, 50.0]])
+    ref_batch = np.array(["r1", "r1", "r2", "r2", "r2"])
+    q = np.array([[0.05, 0.0], [10.05, 0.0], [-50.0, 0.0]])
+    partners = mixing.query_partners(q, np.array(["q"] * 3), ref, ref_batch, k=1).numpy()
+    # the first two pair with their mutual nearest reference cells; the far one with none
+    # (its nearest reference cell, 0, has a nearer query cell)
+    np.testing.assert_array_equal(partners[:, 0], [0, 1, -1])
+    alone = mixing.query_partners(q, np.array(["q"] * 3), ref[2:], ref_batch[2:], k=1).numpy()
+    np.testing.assert_array_equal(alone[:, 0], [0, 1, -1])  # within each reference batch
+
+
+def test_the_mixing_term_pulls_query_cells_toward_their_reference_partners(trained):
+    _, _, query, _, path = trained
+    model = mapping.load_reference(path)
+    plain = mapping.embed(model, query)  # the frozen network's view, before any adaptation
+    partners = mixing.query_partners(
+        plain["anchor"], np.zeros(query.n_obs), model.get_latent_representation("anchor"),
+        model.adata.obs["batch"].astype(str).to_numpy(), k=model.config.mnn_k,
+    ).numpy()  # fmt: skip
+    assert (partners[:, 0] >= 0).mean() > 0.3  # the pairs are found
+    ref_variant = model.get_latent_representation("variant")
+    dist = {}
+    for mix in (False, True):
+        loaded = mapping.load_reference(path)
+        joint = mapping.map_query(loaded, query, batch_key="batch", mix=mix, adapt_steps=60)
+        info = joint.uns["schelix"]["map"]
+        assert info["mix"] is mix and (info["mix_paired"] > 0.3 if mix else True), info
+        is_q = (joint.obs["schelix_origin"] == "query").to_numpy()
+        dist[mix] = _partner_distance(joint.obsm["X_schelix_variant"][is_q], ref_variant, partners)
+    assert dist[True] < 0.8 * dist[False], dist  # the pull brings the pairs together
+    loaded = mapping.load_reference(path)
+    off = dataclasses.replace(loaded.config, w_mnn_variant=0.0)  # the model's weight: 0 = off
+    loaded.config = loaded.module.config = off
+    joint = mapping.map_query(loaded, query, batch_key="batch", mix=True, adapt_steps=60)
+    is_q = (joint.obs["schelix_origin"] == "query").to_numpy()
+    variant = joint.obsm["X_schelix_variant"][is_q]
+    assert abs(_partner_distance(variant, ref_variant, partners) - dist[False]) < 1e-6
 
 
 def test_label_transfer_marks_a_new_cell_state_unknown():

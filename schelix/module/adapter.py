@@ -9,7 +9,8 @@ never see the batch. A :class:`QueryAdapter` gives each new (query) batch
   started at the mean of the reference batches' columns.
 
 Only these are trained, on the frozen network's reconstruction and Align losses of the query
-cells. Reference batches have no shift, so the reference embedding cannot move.
+cells, plus (``pull``) the query-reference MNN term of :mod:`schelix.mixing`. Reference
+batches have no shift, so the reference embedding cannot move.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class QueryAdapter(nn.Module):
             start = w[:, d:].mean(1) if dec.n_batches else torch.zeros(w.shape[0])
             cols[name] = nn.Parameter(start.repeat(n_query, 1).clone())
         self.columns = nn.ParameterDict(cols)
+        #: fraction of the query cells with a reference MNN partner (set by mapping.adapt)
+        self.paired = 0.0
 
     def shift(
         self, x_var: torch.Tensor, x_inv: torch.Tensor, q: torch.Tensor
@@ -63,11 +66,15 @@ class QueryAdapter(nn.Module):
         x_inv: torch.Tensor,
         q: torch.Tensor,
         weights: tuple[torch.Tensor, torch.Tensor],
+        pull: tuple[str, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Reconstruction (variant, anchor, fused) and Align losses of query cells.
 
         ``weights`` are the frozen encoders' effective matrices (computed once); the module
         must be in eval mode, so nothing in it changes (no graph rebuild, no prototype update).
+        ``pull = (stage, has, targets)`` adds the mixing term ``1 - cos(stage(i), target(i))``
+        for the cells where ``has`` is true (targets: their reference partners' stored
+        embeddings, :func:`schelix.mixing.sample_targets`), weighted by ``w_mnn_variant``.
         """
         c = module.config
         xv, xa = self.shift(x_var, x_inv, q)
@@ -85,4 +92,10 @@ class QueryAdapter(nn.Module):
             * rec(self.decode(module, "dec_fused", fused, q), torch.cat([x_var, x_inv], 1))
             + c.w_align * align
         )
+        if pull is not None and bool(pull[1].any()):
+            stage, has, targets = pull
+            emb = {"variant": h_var, "variant_aligned": p_s, "anchor": h_inv,
+                   "anchor_refined": h_ref, "fused": fused}[stage]  # fmt: skip
+            cos = F.cosine_similarity(emb[has], targets, dim=1)
+            total = total + c.w_mnn_variant * (1 - cos).mean()
         return total
