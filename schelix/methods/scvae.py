@@ -266,8 +266,10 @@ def fit_scvae(
                     _update_connections(masks[b], model.w_enc, se[b], **limits)
                 weights = masks.float()
         if progress is not None:
+            warm = f", KL weight {kl_weight:.2f}" if kl_warmup_epochs > 0 else ""
             progress(
-                (epoch + 1) / epochs, f"scVAE epoch {epoch + 1}/{epochs}, loss {loss.item():.1f}"
+                (epoch + 1) / epochs,
+                f"scVAE epoch {epoch + 1}/{epochs}, loss {loss.item():.1f}{warm}",
             )
 
     model.eval()
