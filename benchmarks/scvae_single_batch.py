@@ -116,6 +116,7 @@ def main() -> None:
     )
     p.add_argument("--out", default="benchmarks/results/scvae_single_batch.csv")
     p.add_argument("--scvae", nargs="*", default=[], metavar="NAME=VALUE", help="scVAE options")
+    p.add_argument("--save-emb", default=None, metavar="DIR", help="save each embedding (.npy)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     import torch
@@ -139,6 +140,9 @@ def main() -> None:
                 args.scvi_epochs if method.startswith("scvi") and args.scvi_epochs else args.epochs
             )
             emb = embed(method, adata, seed=seed, epochs=n_ep, **scvae)
+            if args.save_emb:
+                Path(args.save_emb).mkdir(parents=True, exist_ok=True)
+                np.save(Path(args.save_emb) / f"{method}_seed{seed}.npy", emb)
             row = {
                 "method": method,
                 "seed": seed,
