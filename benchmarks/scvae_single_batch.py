@@ -13,7 +13,8 @@ same number of epochs (``--epochs``, default 100 = scVAE's package default).
 Usage (from the repository root)::
 
     python3 benchmarks/scvae_single_batch.py [--dataset kang_ifnb_pbmc --batch ctrl]
-        [--seeds 0 1 2] [--epochs 100] [--out benchmarks/results/scvae_single_batch.csv]
+        [--seeds 0 1 2] [--epochs 100] [--scvi-epochs 400] [--scvae kl_warmup_epochs=400]
+        [--out benchmarks/results/scvae_single_batch.csv]
 """
 
 from __future__ import annotations
@@ -110,8 +111,12 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["scvae", "scvi_full", "scvi_hvg", "seurat"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=100)
+    p.add_argument(
+        "--scvi-epochs", type=int, default=None, help="scVI's epochs (default: --epochs)"
+    )
     p.add_argument("--out", default="benchmarks/results/scvae_single_batch.csv")
     p.add_argument("--scvae", nargs="*", default=[], metavar="NAME=VALUE", help="scVAE options")
+    p.add_argument("--save-emb", default=None, metavar="DIR", help="save each embedding (.npy)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     import torch
@@ -131,8 +136,19 @@ def main() -> None:
     for method in args.methods:
         for seed in args.seeds:
             t0 = time.perf_counter()
-            emb = embed(method, adata, seed=seed, epochs=args.epochs, **scvae)
-            row = {"method": method, "seed": seed, "seconds": time.perf_counter() - t0}
+            n_ep = (
+                args.scvi_epochs if method.startswith("scvi") and args.scvi_epochs else args.epochs
+            )
+            emb = embed(method, adata, seed=seed, epochs=n_ep, **scvae)
+            if args.save_emb:
+                Path(args.save_emb).mkdir(parents=True, exist_ok=True)
+                np.save(Path(args.save_emb) / f"{method}_seed{seed}.npy", emb)
+            row = {
+                "method": method,
+                "seed": seed,
+                "epochs": n_ep,
+                "seconds": time.perf_counter() - t0,
+            }
             row.update(paper_scores(emb[keep], labels[keep], seed))
             rows.append(row)
             print(

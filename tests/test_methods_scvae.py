@@ -10,7 +10,7 @@ import torch
 from schelix.datasets import synthetic
 from schelix.errors import SchelixError
 from schelix.methods import get_method
-from schelix.methods.scvae import _update_connections, fit_scvae, scscore
+from schelix.methods.scvae import _build, _update_connections, fit_scvae, scscore
 
 torch.set_num_threads(1)
 
@@ -105,3 +105,43 @@ def test_scvae_mixes_batches_better_than_pca_and_scores_markers(adata):
         s[adata.var["is_marker"].to_numpy()].mean() > s[~adata.var["is_marker"].to_numpy()].mean()
     )
     assert s.between(0, 1).all()
+
+
+def test_kl_warmup_raises_the_kl_weight_linearly(adata):
+    messages = []
+    fit_scvae(
+        adata[:200].copy(),
+        batch_key="batch",
+        epochs=6,
+        n_hidden=32,
+        device="cpu",
+        kl_warmup_epochs=4,
+        progress=lambda f, m: messages.append(m),
+    )
+    weights = [float(m.rsplit("KL weight ", 1)[1]) for m in messages]
+    assert weights == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("sc_activation", [False, True])
+def test_sc_activation_puts_the_nonlinearity_before_the_ebm(sc_activation):
+    model = _build(50, 16, 4, 2, 0.2, 1.0, 0, sc_activation=sc_activation)
+    seen = []
+    model.ebm.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    model.train()
+    masks = torch.ones(2, 50, 16)
+    model.encode([(0, torch.rand(8, 50) * 3), (1, torch.rand(8, 50) * 3)], masks)
+    ebm_input_min = min(float(h.min()) for h in seen)
+    assert (ebm_input_min >= 0) == sc_activation  # ReLU output only with the option
+
+
+def test_fc_after_sc_false_drops_the_optional_fc_layers():
+    def n_linear(seq):
+        return sum(isinstance(m, torch.nn.Linear) for m in seq)
+
+    with_fc = _build(50, 16, 4, 1, 0.2, 1.0, 0)
+    without = _build(50, 16, 4, 1, 0.2, 1.0, 0, fc_after_sc=False)
+    assert (n_linear(with_fc.enc_fc), n_linear(with_fc.dec_fc)) == (1, 2)
+    assert (n_linear(without.enc_fc), n_linear(without.dec_fc)) == (0, 1)
+    z = torch.randn(8, 4)
+    out = without.decode(z, [(0, 8)], torch.ones(1, 50, 16))
+    assert out.shape == (8, 50)
