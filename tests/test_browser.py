@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import anndata as ad
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import app_server
 
 from schelix import layouts
 
@@ -36,51 +36,16 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 LONG = 420_000  # ms: scoring, training and the peers run on 2 CPU cores in CI
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
     env = {**os.environ, "SCHELIX_WORKSPACE_ROOT": str(tmp_path_factory.mktemp("workspaces"))}
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "app.py"),
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start")
+        proc, url = app_server.start(env, log)
+    except RuntimeError:
+        log.close()
+        pytest.fail("streamlit did not start")
+    try:
         yield url
     finally:
         proc.terminate()
