@@ -103,15 +103,10 @@ def _plan(
     seed: int, max_steps: int | None, work_dir: Path,
 ) -> dict[str, Any]:  # fmt: skip
     """Rank 0's gene-level work and the work file every rank reads its shard from."""
-    from schelix import anchors
     from schelix import data as data_step
+    from schelix.pipeline import split_genes
 
-    if "schelix_z_dom" not in adata.var or "schelix_connectivities" not in adata.obsp:
-        anchors.score_genes(adata, batch_key=batch_key, seed=seed)
-    split = {"tau_dom": config.tau_dom, "tau_str": config.tau_str, "random": config.random_anchors}
-    if not anchors.has_split(adata, **split, seed=seed):
-        anchors.split_anchors(adata, **split, seed=seed)
-    SCHelix.setup_anndata(adata, batch_key=batch_key, label_key=label_key)
+    split_genes(adata, batch_key=batch_key, label_key=label_key, config=config, seed=seed)
     gate = data_step.fit_gate(adata, config, seed=seed)
     _, meta = data_step.prepare(
         adata, config, batch_key=batch_key, label_key=label_key, gate=gate, training=False

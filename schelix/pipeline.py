@@ -20,12 +20,27 @@ from schelix.model import SCHelix
 from schelix.module.network import STAGES
 from schelix.train import Callback, StepRecord
 
-__all__ = ["as_method", "integrate", "stage_key", "write_results"]
+__all__ = ["as_method", "integrate", "split_genes", "stage_key", "write_results"]
 
 
 def stage_key(key_added: str, stage: str) -> str:
     """``obsm`` key of a stage embedding: ``X_schelix`` for fused, ``X_schelix_<stage>`` otherwise."""
     return key_added if stage == "fused" else f"{key_added}_{stage}"
+
+
+def split_genes(
+    adata: ad.AnnData, *, batch_key: str, label_key: str | None, config: SCHelixConfig, seed: int
+) -> None:
+    """Score the genes (once; cached in ``var``), split anchors/variants unless ``adata`` already
+    holds this split, and register the keys (:meth:`SCHelix.setup_anndata`). In place."""
+    from schelix import anchors
+
+    if "schelix_z_dom" not in adata.var or "schelix_connectivities" not in adata.obsp:
+        anchors.score_genes(adata, batch_key=batch_key, seed=seed)
+    split = {"tau_dom": config.tau_dom, "tau_str": config.tau_str, "random": config.random_anchors}
+    if not anchors.has_split(adata, **split, seed=seed):
+        anchors.split_anchors(adata, **split, seed=seed)
+    SCHelix.setup_anndata(adata, batch_key=batch_key, label_key=label_key)
 
 
 def integrate(
@@ -58,7 +73,6 @@ def integrate(
     Labels (``label_key``) train a supervised head only with
     ``semi_supervised=True``; otherwise they are only recorded for scoring.
     """
-    from schelix import anchors
     from schelix.checks import check_device, check_labels, check_seed, check_steps
 
     cfg = (config or SCHelixConfig()).replace(**overrides)
@@ -66,12 +80,7 @@ def integrate(
     check_seed(seed)
     check_device(device)
     check_labels(adata, label_key)
-    if "schelix_z_dom" not in adata.var or "schelix_connectivities" not in adata.obsp:
-        anchors.score_genes(adata, batch_key=batch_key, seed=seed)
-    split = {"tau_dom": cfg.tau_dom, "tau_str": cfg.tau_str, "random": cfg.random_anchors}
-    if not anchors.has_split(adata, **split, seed=seed):
-        anchors.split_anchors(adata, **split, seed=seed)
-    SCHelix.setup_anndata(adata, batch_key=batch_key, label_key=label_key)
+    split_genes(adata, batch_key=batch_key, label_key=label_key, config=cfg, seed=seed)
     model = SCHelix(adata, cfg)
     t0 = time.perf_counter()
     model.train(
