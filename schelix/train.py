@@ -148,16 +148,6 @@ def _to_device(data: TrainData, device: str) -> bool:
     return True
 
 
-def display_rows(data: TrainData) -> np.ndarray | None:
-    """The cells snapshots are taken of: all (``None``) up to :data:`~schelix.sketch.DISPLAY_CELLS`,
-    else a batch-stratified sample of that many (the display sample, see :mod:`schelix.display`)."""
-    from schelix.sketch import DISPLAY_CELLS, stratified_sample
-
-    if data.n_cells <= DISPLAY_CELLS:
-        return None
-    return stratified_sample(data.batch.numpy(), DISPLAY_CELLS, seed=0)
-
-
 def _full_rows(x: np.ndarray, rows: np.ndarray | None, n: int) -> np.ndarray:
     """``x`` (one row per cell of ``rows``) as ``n`` rows, NaN for cells left out."""
     if rows is None:
@@ -229,6 +219,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     state: TrainState | None = None,
     progress_bar: bool = False,
+    snapshot_rows: np.ndarray | None = None,
 ) -> TrainState:
     """Train ``module`` on ``data``; resumes from ``state`` when given.
 
@@ -237,6 +228,8 @@ def fit(
     warm-up phase optimises Eq. 9 (recon + align + connectivity), the fusion
     phase adds Eq. 10 (fused recon + KD + fused connectivity, and the
     supervised head when labels are given). AdamW with gradient clipping.
+    Snapshots embed the cells ``snapshot_rows`` only (the display sample,
+    :func:`schelix.display.sample`; other rows NaN), all cells when ``None``.
     """
     state = state or TrainState()
     total, warmup = schedule(data.n_cells, config, max_steps)
@@ -257,7 +250,6 @@ def fit(
     batch_size = min(config.batch_size, data.n_cells)
     plain = dataclasses.replace(data, neighbors=None)
     on_device = _to_device(data, device)
-    snapshot_rows = display_rows(data)
     log: list[tuple] = []
     try:
         while state.step < total:
@@ -294,9 +286,8 @@ def fit(
                 _flush(log, state, total, start_step, callbacks, bar)
             if snap:
                 fused = embed_all(module, data, device, stages=("fused",), rows=snapshot_rows)
-                state.snapshots[state.step] = _full_rows(
-                    fused["fused"], snapshot_rows, data.n_cells
-                )
+                fused = _full_rows(fused["fused"], snapshot_rows, data.n_cells)
+                state.snapshots[state.step] = fused
                 for cb in callbacks:
                     cb.on_snapshot(state.step, fused)
             if any(cb.should_stop() for cb in callbacks):
