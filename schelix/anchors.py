@@ -15,12 +15,11 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from schelix import cell_graph
+from schelix import cell_graph, sketch
 from schelix.errors import SchelixError, SchelixWarning
 from schelix.groups import EPS, group_moments
 from schelix.obs import require_column
 from schelix.preprocess import hvg_mask
-from schelix.sketch import SKETCH_CELLS
 
 __all__ = [
     "STREAMS",
@@ -104,7 +103,7 @@ def score_genes(
     n_neighbors: int = 15,
     resolution: float = 1.0,
     seed: int = 0,
-    sketch_cells: int = SKETCH_CELLS,
+    sketch_cells: int | None = None,
 ) -> None:
     """Score every HVG for domain sensitivity (Eq. 1) and structure separability (Eq. 2).
 
@@ -127,7 +126,7 @@ def score_genes(
     seed
         Seed of PCA, Leiden and the sketch.
     sketch_cells
-        Above this many cells, PCA, kNN graph and pseudo-clusters (so ``s_str``) come from a
+        ``None``: :data:`schelix.sketch.SKETCH_CELLS`. Above this many cells, PCA, kNN graph and pseudo-clusters (so ``s_str``) come from a
         batch-stratified sample of this size (:mod:`schelix.cell_graph`); ``s_dom`` always uses
         every cell.
 
@@ -172,7 +171,7 @@ def score_genes(
         )
     clusters, rows, graph_record = cell_graph.build(
         adata, x, sd_all, batch, n_comps=n_comps, n_neighbors=n_neighbors,
-        resolution=resolution, seed=seed, sketch_cells=sketch_cells,
+        resolution=resolution, seed=seed, sketch_cells=sketch_cells or sketch.SKETCH_CELLS,
     )  # fmt: skip
     k = len(clusters.categories)
     s_str = structure_separability(

@@ -31,7 +31,7 @@ __all__ = [
 #: Above this many cells the anchor scores and the gate's clusters use a sketch of this size.
 SKETCH_CELLS = 50_000
 #: Above this many cells the display UMAPs, snapshots and metrics use a sample of this size.
-DISPLAY_CELLS = 50_000
+DISPLAY_CELLS = 30_000
 
 
 def stratified_sample(groups: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:

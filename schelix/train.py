@@ -190,7 +190,7 @@ def embed_all(
     device: str,
     *,
     stages: Sequence[str] = STAGES,
-    chunk: int = 8192,
+    chunk: int | None = None,
     rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Every stage embedding of all cells (or of the cells ``rows``), in eval mode, ``chunk``
@@ -198,6 +198,9 @@ def embed_all(
     was_training = module.training
     module.eval()
     parts: dict[str, list[np.ndarray]] = {s: [] for s in stages}
+    from schelix import rows as rows_mod
+
+    chunk = chunk or rows_mod.CHUNK
     rows = np.arange(data.n_cells) if rows is None else np.asarray(rows)
     for s in range(0, len(rows), chunk):
         idx = torch.as_tensor(rows[s : s + chunk])
