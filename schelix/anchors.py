@@ -169,14 +169,13 @@ def score_genes(
             SchelixWarning,
             stacklevel=2,
         )
-    clusters, rows, graph_record = cell_graph.build(
+    clusters, _, graph_record = cell_graph.build(
         adata, x, sd_all, batch, n_comps=n_comps, n_neighbors=n_neighbors,
         resolution=resolution, seed=seed, sketch_cells=sketch_cells or sketch.SKETCH_CELLS,
     )  # fmt: skip
-    k = len(clusters.categories)
-    s_str = structure_separability(
-        x if len(rows) == n_cells else x[rows], clusters.codes.astype(int), k
-    )
+    k = len(clusters.categories)  # s_str over every cell (sketch: clusters placed by the vote)
+    codes = adata.obs["schelix_pseudo_cluster"].cat.codes.to_numpy()
+    s_str = structure_separability(x, codes.astype(int), k)
 
     z_dom, z_str = _zscore(s_dom), _zscore(np.log(s_str + EPS))
     for col, vals in zip(_SCORE_COLS, (s_dom, z_dom, s_str, z_str)):
