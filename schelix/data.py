@@ -149,9 +149,14 @@ def _gate_rows(
                 x = aligned(adata[new], genes, mean)
             low[new], high[new] = gate.assign(x, mean=mean, std=np.asarray(meta["std"])[scale])
 
+    # one row of damping per (coarse, fine) cluster pair present: a gather per mini-batch
+    pairs, pair_of_cell = np.unique(np.stack([low, high], axis=1), axis=0, return_inverse=True)
+    gamma = gate.cluster_gamma(pairs[:, 0], pairs[:, 1])
+    table = 1.0 - strength * (gamma if same else gamma[:, order])
+    pair_of_cell = pair_of_cell.ravel()
+
     def damp(rows: np.ndarray) -> np.ndarray:
-        gamma = gate.cluster_gamma(low[rows], high[rows])
-        return 1.0 - strength * (gamma if same else gamma[:, order])
+        return table[pair_of_cell[rows]]
 
     return damp
 

@@ -86,8 +86,12 @@ class ScaledRows:
 
     def _rows(self, idx: np.ndarray) -> np.ndarray:
         x = np.asarray(self.x[idx].toarray(), dtype=np.float32)
-        x = np.clip((x - self.mean) / self.std, -10, 10)
-        return x if self.gate is None else x * self.gate(idx)
+        x -= self.mean  # in place: the same float32 operations as clip((x - mean) / std, ...)
+        x /= self.std
+        np.clip(x, -10, 10, out=x)
+        if self.gate is not None:
+            x *= self.gate(idx)
+        return x
 
     def __getitem__(self, idx: torch.Tensor | np.ndarray | slice) -> torch.Tensor:
         if self.device_rows is not None:
