@@ -138,7 +138,7 @@ def score_genes(
     """
     batch = _check_batch(adata, batch_key)
     hvg = hvg_mask(adata)
-    x = adata.X[:, hvg]
+    x = adata.X if hvg.all() else adata.X[:, hvg]  # every gene an HVG: no copy
     x = (
         sp.csr_matrix(x, dtype=np.float32)
         if sp.issparse(x)

@@ -166,6 +166,16 @@ def _csr(adata: ad.AnnData, genes: list[str]) -> sp.csr_matrix:
     return sp.csr_matrix(x, dtype=np.float32)
 
 
+def _sources(adata: ad.AnnData, variants: list[str], anchors: list[str]) -> list[tuple]:
+    """``[(matrix, columns), ...]`` of the variant and anchor streams: ``adata.X`` itself (no
+    copy) when it is float32 CSR and the pool is most of its columns, else a copy per stream."""
+    x = adata.X
+    if sp.isspmatrix_csr(x) and x.dtype == np.float32 and len(variants + anchors) >= x.shape[1] / 2:
+        index = pd.Index(adata.var_names)
+        return [(x, index.get_indexer(variants)), (x, index.get_indexer(anchors))]
+    return [(_csr(adata, variants), None), (_csr(adata, anchors), None)]
+
+
 def prepare(
     adata: ad.AnnData,
     config: SCHelixConfig,
@@ -207,22 +217,26 @@ def prepare(
     from schelix import neighbors as nbrs
     from schelix.sketch import sketch_mask
 
-    if meta is None:
-        variants, anchors = stream_genes(adata)
-        mean, std = column_moments(_csr(adata, variants + anchors))
+    fitted = meta is not None
+    variants, anchors = (meta["variants"], meta["anchors"]) if fitted else stream_genes(adata)
+    present = (pd.Index(adata.var_names).get_indexer(variants + anchors) >= 0).all()
+    nv = len(variants)
+    if present:  # the streams' sparse rows (adata.X itself when it is mostly the pool)
+        sources = _sources(adata, variants, anchors)
+    if not fitted:  # per column, so per stream: the same floats as over the pool at once
+        mean, std = (np.concatenate(m) for m in zip(*(column_moments(*s) for s in sources)))
         batches = [str(b) for b in adata.obs[batch_key].astype("category").cat.categories]
         labels = label_classes(adata, label_key) if label_key and config.semi_supervised else []
         meta = {"variants": variants, "anchors": anchors, "mean": mean,
                 "std": std + 1e-6, "batches": batches, "labels": labels}  # fmt: skip
-    variants, anchors = meta["variants"], meta["anchors"]
-    nv = len(variants)
     mean, std = np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32)
     damp = None
     if gate is not None:
         damp = _gate_rows(gate, adata, meta, variants, config.gate_strength)
-    if (pd.Index(adata.var_names).get_indexer(variants + anchors) >= 0).all():
-        x_var = ScaledRows(_csr(adata, variants), mean[:nv], std[:nv], damp)
-        x_anc = ScaledRows(_csr(adata, anchors), mean[nv:], std[nv:])
+    if present:
+        (xv, cv), (xa, ca) = sources
+        x_var = ScaledRows(xv, mean[:nv], std[:nv], damp, cols=cv)
+        x_anc = ScaledRows(xa, mean[nv:], std[nv:], cols=ca)
     else:  # a query lacking some genes: the (small) dense copy with the reference means
         x = aligned(adata, variants + anchors, meta["mean"], anchors=anchors)
         x = np.clip((x - mean) / std, -10, 10)

@@ -333,13 +333,13 @@ def fit_gate(
         raise SchelixError("No batch column given", "pass batch_key= (the obs column of batches)")
     require_column(adata, batch_key)
     variant = (adata.var["schelix_stream"] == "variant").to_numpy()
-    x = adata.X[:, variant]
     batches = pd.Categorical(adata.obs[batch_key].astype(str)).codes
     conn = adata.obsp["schelix_connectivities"]
     sk = sketch_mask(adata)  # large data: cluster the sketch, place every other cell by vote
     rows = np.flatnonzero(sk) if sk is not None else slice(None)
+    x = (adata.X[rows] if sk is not None else adata.X)[:, variant]
     if sk is not None:
-        conn, x, batches = conn[rows][:, rows], x[rows], batches[rows]
+        conn, batches = conn[rows][:, rows], batches[rows]
     labels, gammas, n_gated = {}, {}, {}
     for name, res in (("low", low_res), ("high", high_res)):
         lab = leiden_labels(conn, resolution=res, seed=seed)

@@ -28,7 +28,9 @@ CHUNK = 8192
 GammaFn = Callable[[np.ndarray], np.ndarray]
 
 
-def _sequential_sum(x: sp.csr_matrix, shift: np.ndarray | None) -> np.ndarray:
+def _sequential_sum(
+    x: sp.csr_matrix, shift: np.ndarray | None, cols: np.ndarray | None = None
+) -> np.ndarray:
     """numpy's float32 column sum of the dense ``x`` (minus ``shift``, squared), chunk by chunk.
 
     numpy reduces a C-ordered float32 matrix along axis 0 row after row, so carrying the
@@ -37,6 +39,7 @@ def _sequential_sum(x: sp.csr_matrix, shift: np.ndarray | None) -> np.ndarray:
     acc = None
     for s in range(0, x.shape[0], CHUNK):
         c = np.asarray(x[s : s + CHUNK].toarray(), dtype=np.float32)
+        c = c if cols is None else c[:, cols]
         if shift is not None:
             c = c - shift
             c = c * c
@@ -44,12 +47,13 @@ def _sequential_sum(x: sp.csr_matrix, shift: np.ndarray | None) -> np.ndarray:
     return acc
 
 
-def column_moments(x: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
-    """``(mean, std)`` of every column: equal to ``dense.mean(0), dense.std(0)`` in float32."""
+def column_moments(x: sp.spmatrix, cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` of the columns ``cols`` (all when ``None``): equal to
+    ``dense[:, cols].mean(0), dense[:, cols].std(0)`` in float32."""
     x = sp.csr_matrix(x, dtype=np.float32)
     n = np.float32(x.shape[0])
-    mean = _sequential_sum(x, None) / n
-    return mean, np.sqrt(_sequential_sum(x, mean) / n)
+    mean = _sequential_sum(x, None, cols) / n
+    return mean, np.sqrt(_sequential_sum(x, mean, cols) / n)
 
 
 class ScaledRows:
@@ -59,6 +63,9 @@ class ScaledRows:
     ----------
     x
         Cells x genes log-normalized values (CSR, float32).
+    cols
+        The columns of ``x`` these rows hold (``None``: all), so that two streams can share one
+        matrix (e.g. ``adata.X`` itself, with no copy).
     mean, std
         Per-gene scaling; rows become ``clip((x - mean) / std, -10, 10)``.
     gate
@@ -69,9 +76,15 @@ class ScaledRows:
     """
 
     def __init__(
-        self, x: sp.csr_matrix, mean: np.ndarray, std: np.ndarray, gate: GammaFn | None = None
+        self,
+        x: sp.csr_matrix,
+        mean: np.ndarray,
+        std: np.ndarray,
+        gate: GammaFn | None = None,
+        cols: np.ndarray | None = None,
     ) -> None:
         self.x = sp.csr_matrix(x, dtype=np.float32)
+        self.cols = None if cols is None else np.asarray(cols)
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.gate = gate
@@ -79,13 +92,15 @@ class ScaledRows:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.x.shape
+        return (self.x.shape[0], self.x.shape[1] if self.cols is None else len(self.cols))
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def _rows(self, idx: np.ndarray) -> np.ndarray:
         x = np.asarray(self.x[idx].toarray(), dtype=np.float32)
+        if self.cols is not None:
+            x = x[:, self.cols]
         x -= self.mean  # in place: the same float32 operations as clip((x - mean) / std, ...)
         x /= self.std
         np.clip(x, -10, 10, out=x)
