@@ -258,19 +258,18 @@ def preprocess(
     """
     out = _detached(adata)
     out = apply(out, detect(out))
+    # counts: X holds the same values as layers["counts"]; QC and filter one matrix, not two
+    counts = kind_of(out) == "counts"
+    if counts:
+        del out.layers["counts"]
     validate(out, batch_key=batch_key)
     out.uns.setdefault("schelix", {})["preprocess"] = {}
     qc_metrics(out)  # fresh: columns from an earlier run may be stale
-    # counts: X holds the same values as layers["counts"]; filter one matrix, not two
-    counts = out.layers.pop("counts") if kind_of(out) == "counts" else None
-    if counts is not None:
-        out.X = counts
     out = filter_qc(
         out, batch_key=batch_key, qc=qc, min_genes=min_genes, min_cells=min_cells,
         max_mito_pct=max_mito_pct, n_mads=n_mads,
     )  # fmt: skip
-    if counts is not None:
-        del counts
+    if counts:
         out.layers["counts"] = out.X  # normalize() writes X anew, from a copy
     left = out.obs[batch_key].cat.categories
     if len(left) < 2:
