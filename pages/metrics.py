@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from schelix import evaluate
+from schelix import display, evaluate
 from schelix.methods import available_methods, get_method
 from studio import export, jobs, plots, training, ui
 
@@ -101,6 +101,8 @@ if "scib_metrics" in tables:
     st.plotly_chart(plots.metrics_chart(tables["scib_metrics"]), key="scib_chart")
 if tables and ws.has_adata("metrics"):
     adata = ui.load(ws, "metrics")
+    if sampled := display.note(adata):
+        st.caption(sampled)
     emb = {
         export.method_label(k[: -len("_umap")]): adata.obsm[k]
         for k in adata.obsm

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from schelix import display
 from schelix import stages as stage_embeddings
 from studio import plots, ui
 
@@ -40,6 +41,8 @@ stages = {
     if stage_embeddings.umap_key(key) in adata.obsm
 }
 if stages:
+    if sampled := display.note(adata):
+        st.caption(sampled)
     st.plotly_chart(plots.embeddings(stages, colors), key="stages")
 else:
     st.info("This training run has no stage UMAPs.")

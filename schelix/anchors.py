@@ -15,8 +15,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from schelix import cell_graph, sketch
 from schelix.errors import SchelixError, SchelixWarning
-from schelix.groups import EPS, group_moments, leiden_labels
+from schelix.groups import EPS, group_moments
 from schelix.obs import require_column
 from schelix.preprocess import hvg_mask
 
@@ -102,6 +103,7 @@ def score_genes(
     n_neighbors: int = 15,
     resolution: float = 1.0,
     seed: int = 0,
+    sketch_cells: int | None = None,
 ) -> None:
     """Score every HVG for domain sensitivity (Eq. 1) and structure separability (Eq. 2).
 
@@ -122,7 +124,11 @@ def score_genes(
     n_pcs, n_neighbors, resolution
         PCA components, kNN neighbours and Leiden resolution of the pseudo-clusters.
     seed
-        Seed of PCA and Leiden.
+        Seed of PCA, Leiden and the sketch.
+    sketch_cells
+        ``None``: :data:`schelix.sketch.SKETCH_CELLS`. Above this many cells, PCA, kNN graph and pseudo-clusters (so ``s_str``) come from a
+        batch-stratified sample of this size (:mod:`schelix.cell_graph`); ``s_dom`` always uses
+        every cell.
 
     Writes ``var["schelix_s_dom"/"schelix_z_dom"/"schelix_s_str"/"schelix_z_str"]`` (NaN outside
     the HVG pool), ``obs["schelix_pseudo_cluster"]``, ``obsm["X_schelix_pca"]``, the kNN graph
@@ -130,11 +136,9 @@ def score_genes(
     ``key_added="schelix"``; its keys are merged into ``uns["schelix"]`` so that
     ``neighbors_key="schelix"`` works) and ``uns["schelix"]["anchor_scores"]``.
     """
-    import scanpy as sc
-
     batch = _check_batch(adata, batch_key)
     hvg = hvg_mask(adata)
-    x = adata.X[:, hvg]
+    x = adata.X if hvg.all() else adata.X[:, hvg]  # every gene an HVG: no copy
     x = (
         sp.csr_matrix(x, dtype=np.float32)
         if sp.issparse(x)
@@ -165,28 +169,13 @@ def score_genes(
             SchelixWarning,
             stacklevel=2,
         )
-    xs = sp.csr_matrix(x.multiply(1.0 / np.maximum(sd_all, EPS)[None, :]), dtype=np.float32)
-    tmp = AnnData(X=xs)
-    sc.pp.pca(tmp, n_comps=n_comps, zero_center=True, random_state=seed)
-    adata.obsm["X_schelix_pca"] = tmp.obsm["X_pca"].astype(np.float32)
-    previous = dict(_uns(adata))
-    # exact sklearn kNN + Gaussian kernel weights: no numba JIT (umap/pynndescent compile for
-    # ~20-60 s on first use in every process, which every CLI run and app job would pay)
-    sc.pp.neighbors(
-        adata,
-        n_neighbors=n_neighbors,
-        use_rep="X_schelix_pca",
-        key_added="schelix",
-        method="gauss",
-        transformer="sklearn",
-        random_state=seed,
-    )
-    adata.uns["schelix"] = {**previous, **dict(adata.uns["schelix"])}  # scanpy replaced it
-    clusters = leiden_labels(adata.obsp["schelix_connectivities"], resolution=resolution, seed=seed)
-    adata.obs["schelix_pseudo_cluster"] = pd.Series(clusters, index=adata.obs_names)
-
-    k = len(clusters.categories)
-    s_str = structure_separability(x, clusters.codes.astype(int), k)
+    clusters, _, graph_record = cell_graph.build(
+        adata, x, sd_all, batch, n_comps=n_comps, n_neighbors=n_neighbors,
+        resolution=resolution, seed=seed, sketch_cells=sketch_cells or sketch.SKETCH_CELLS,
+    )  # fmt: skip
+    k = len(clusters.categories)  # s_str over every cell (sketch: clusters placed by the vote)
+    codes = adata.obs["schelix_pseudo_cluster"].cat.codes.to_numpy()
+    s_str = structure_separability(x, codes.astype(int), k)
 
     z_dom, z_str = _zscore(s_dom), _zscore(np.log(s_str + EPS))
     for col, vals in zip(_SCORE_COLS, (s_dom, z_dom, s_str, z_str)):
@@ -203,7 +192,7 @@ def score_genes(
         "n_hvg": int(n_hvg),
         "n_pseudo_clusters": int(k),
         "eps": EPS,
-        "pca_variance_ratio": np.asarray(tmp.uns["pca"]["variance_ratio"], dtype=np.float64),
+        **graph_record,
     }
 
 

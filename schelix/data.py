@@ -1,11 +1,12 @@
-"""The data step of scHelix: from a split AnnData to the tensors a run reads.
+"""The data step of scHelix: from a split AnnData to the inputs a run reads.
 
 Kept apart from the network (:mod:`schelix.module`) and the user class (:mod:`schelix.model`),
-as in scvi-tools. :func:`prepare` densifies and scales the anchor and variant genes (variants
-first), applies the fitted variant gate (:meth:`schelix.gate.VariantGate.apply`; anchors are
-never gated), encodes batches and labels and, for training, builds the kNN MixUp neighbours
-and the cross-batch MNN partners. :func:`fit_gate` fits the gate once, before the first
-training step; the model stores it with its weights.
+as in scvi-tools. :func:`prepare` keeps the anchor and variant genes sparse and hands them out
+as :class:`~schelix.rows.ScaledRows`, which scale the rows a mini-batch asks for and apply the
+fitted variant gate to variant rows (anchors are never gated); it encodes batches and labels
+and, for training, builds the kNN MixUp neighbours and the cross-batch MNN partners
+(:mod:`schelix.neighbors`). :func:`fit_gate` fits the gate once, before the first training
+step; the model stores it with its weights.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from schelix.config import SCHelixConfig
 from schelix.errors import SchelixError, SchelixWarning
 from schelix.gate import VariantGate
 from schelix.obs import label_mask
-from schelix.train import TrainData, mixup_neighbors, mnn_partners
+from schelix.rows import ScaledRows, column_moments
+from schelix.train import TrainData
 
 __all__ = ["MIN_ANCHOR_OVERLAP", "aligned", "fit_gate", "label_classes", "prepare", "stream_genes"]
 
@@ -109,32 +111,69 @@ def aligned(
     return x
 
 
-def _gate_clusters(
-    gate: VariantGate, adata: ad.AnnData, meta: dict[str, Any]
-) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
-    """``(idx, None)``: which of the gate's cells the rows are (``None``: the same, in order);
-    ``(None, (low, high))``: the clusters of each row when some cells are new to the gate
-    (those are placed by :meth:`~schelix.gate.VariantGate.assign`)."""
-    if gate.cells is None:
-        return None, None
+def _gate_rows(
+    gate: VariantGate, adata: ad.AnnData, meta: dict[str, Any], variants: list[str], strength: float
+):
+    """``rows -> 1 - strength * gamma`` of those cells (columns in ``variants`` order).
+
+    The gate's own cells keep their clusters (found again by name when the rows are in another
+    order); cells new to it are placed by :meth:`~schelix.gate.VariantGate.assign`.
+    """
+    order = pd.Index(gate.variant_genes).get_indexer(variants)
+    if len(order) != len(gate.variant_genes) or (order < 0).any():
+        raise SchelixError(
+            "The variant gate was fitted on other variant genes than the model's",
+            "fit the gate and train on the same anchor/variant split",
+        )
+    same = bool((order == np.arange(len(order))).all())
+    low, high = gate.low_labels, gate.high_labels
     names = adata.obs_names.to_numpy(dtype=str)
-    if len(names) == len(gate.cells) and (names == gate.cells).all():
-        return None, None
-    idx = pd.Index(gate.cells).get_indexer(names)
-    if not (idx < 0).any():
-        return idx, None
-    new = idx < 0
-    gate.require_centroids()
-    genes = list(gate.anchor_genes)
-    scale = pd.Index(meta["variants"] + meta["anchors"]).get_indexer(genes)
-    mean = np.asarray(meta["mean"])[scale]
-    low, high = np.zeros(len(names), np.int64), np.zeros(len(names), np.int64)
-    low[~new], high[~new] = gate.low_labels[idx[~new]], gate.high_labels[idx[~new]]
-    with warnings.catch_warnings():  # the note on missing genes comes once, from prepare
-        warnings.simplefilter("ignore", SchelixWarning)
-        x = aligned(adata[new], genes, mean)
-    low[new], high[new] = gate.assign(x, mean=mean, std=np.asarray(meta["std"])[scale])
-    return None, (low, high)
+    if gate.cells is None and len(names) != gate.n_cells:
+        raise SchelixError(
+            f"The gate was fitted on {gate.n_cells} cells, the data holds {len(names)}",
+            "fit the gate on these cells (or save and load the model to keep its cells)",
+        )
+    if gate.cells is not None and not (
+        len(names) == len(gate.cells) and (names == gate.cells).all()
+    ):
+        idx = pd.Index(gate.cells).get_indexer(names)
+        new = idx < 0
+        low, high = low[np.maximum(idx, 0)], high[np.maximum(idx, 0)]
+        if new.any():
+            gate.require_centroids()
+            genes = list(gate.anchor_genes)
+            scale = pd.Index(meta["variants"] + meta["anchors"]).get_indexer(genes)
+            mean = np.asarray(meta["mean"])[scale]
+            with warnings.catch_warnings():  # the note on missing genes comes once, from prepare
+                warnings.simplefilter("ignore", SchelixWarning)
+                x = aligned(adata[new], genes, mean)
+            low[new], high[new] = gate.assign(x, mean=mean, std=np.asarray(meta["std"])[scale])
+
+    # one row of damping per (coarse, fine) cluster pair present: a gather per mini-batch
+    pairs, pair_of_cell = np.unique(np.stack([low, high], axis=1), axis=0, return_inverse=True)
+    gamma = gate.cluster_gamma(pairs[:, 0], pairs[:, 1])
+    table = 1.0 - strength * (gamma if same else gamma[:, order])
+    pair_of_cell = pair_of_cell.ravel()
+
+    def damp(rows: np.ndarray) -> np.ndarray:
+        return table[pair_of_cell[rows]]
+
+    return damp
+
+
+def _csr(adata: ad.AnnData, genes: list[str]) -> sp.csr_matrix:
+    x = adata[:, genes].X
+    return sp.csr_matrix(x, dtype=np.float32)
+
+
+def _sources(adata: ad.AnnData, variants: list[str], anchors: list[str]) -> list[tuple]:
+    """``[(matrix, columns), ...]`` of the variant and anchor streams: ``adata.X`` itself (no
+    copy) when it is float32 CSR and the pool is most of its columns, else a copy per stream."""
+    x = adata.X
+    if sp.isspmatrix_csr(x) and x.dtype == np.float32 and len(variants + anchors) >= x.shape[1] / 2:
+        index = pd.Index(adata.var_names)
+        return [(x, index.get_indexer(variants)), (x, index.get_indexer(anchors))]
+    return [(_csr(adata, variants), None), (_csr(adata, anchors), None)]
 
 
 def prepare(
@@ -148,7 +187,12 @@ def prepare(
     training: bool = True,
     seed: int = 0,
 ) -> tuple[TrainData, dict[str, Any]]:
-    """The tensors of one run and the ``meta`` they were made with.
+    """The inputs of one run and the ``meta`` they were made with.
+
+    The expression stays sparse: the anchor and variant matrices are
+    :class:`~schelix.rows.ScaledRows`, which scale (and gate) the rows each mini-batch or
+    embedding chunk asks for, bit-identical to scaling the dense matrix. Only genes missing from
+    ``adata`` (a query mapped onto a model) make a dense copy, with the missing genes filled.
 
     Parameters
     ----------
@@ -165,58 +209,58 @@ def prepare(
     gate
         The fitted :class:`~schelix.gate.VariantGate`, or ``None`` for no gate.
     training
-        Also build the MixUp kNN and the MNN partners (embedding needs neither).
+        Also build the MixUp neighbours and the MNN partners (:mod:`schelix.neighbors`;
+        embedding needs neither).
     seed
-        Random state of the MNN partners' PCA.
+        Random state of the MNN partners' PCA and of the approximate neighbour index.
     """
-    if meta is None:
-        variants, anchors = stream_genes(adata)
-        x = _dense(adata, variants + anchors)
+    from schelix import neighbors as nbrs
+    from schelix.sketch import sketch_mask
+
+    fitted = meta is not None
+    variants, anchors = (meta["variants"], meta["anchors"]) if fitted else stream_genes(adata)
+    present = (pd.Index(adata.var_names).get_indexer(variants + anchors) >= 0).all()
+    nv = len(variants)
+    if present:  # the streams' sparse rows (adata.X itself when it is mostly the pool)
+        sources = _sources(adata, variants, anchors)
+    if not fitted:  # per column, so per stream: the same floats as over the pool at once
+        mean, std = (np.concatenate(m) for m in zip(*(column_moments(*s) for s in sources)))
         batches = [str(b) for b in adata.obs[batch_key].astype("category").cat.categories]
         labels = label_classes(adata, label_key) if label_key and config.semi_supervised else []
-        meta = {"variants": variants, "anchors": anchors, "mean": x.mean(0),
-                "std": x.std(0) + 1e-6, "batches": batches, "labels": labels}  # fmt: skip
-    else:
-        variants, anchors = meta["variants"], meta["anchors"]
-        x = aligned(adata, variants + anchors, meta["mean"], anchors=anchors)
-    x = np.clip((x - meta["mean"]) / meta["std"], -10, 10)
-    x_var, x_anc = x[:, : len(variants)], np.ascontiguousarray(x[:, len(variants) :])
+        meta = {"variants": variants, "anchors": anchors, "mean": mean,
+                "std": std + 1e-6, "batches": batches, "labels": labels}  # fmt: skip
+    mean, std = np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32)
+    damp = None
     if gate is not None:
-        order = pd.Index(gate.variant_genes).get_indexer(variants)
-        if len(order) != len(gate.variant_genes) or (order < 0).any():
-            raise SchelixError(
-                "The variant gate was fitted on other variant genes than the model's",
-                "fit the gate and train on the same anchor/variant split",
-            )
-        same = (order == np.arange(len(order))).all()
-        x_var = x_var if same else x_var[:, np.argsort(order)]
-        idx, clusters = _gate_clusters(gate, adata, meta)
-        if clusters is None:
-            x_var = gate.apply(x_var, strength=config.gate_strength, idx=idx)
-        else:
-            x_var = x_var * (1.0 - config.gate_strength * gate.cluster_gamma(*clusters))
-        x_var = x_var if same else x_var[:, order]
+        damp = _gate_rows(gate, adata, meta, variants, config.gate_strength)
+    if present:
+        (xv, cv), (xa, ca) = sources
+        x_var = ScaledRows(xv, mean[:nv], std[:nv], damp, cols=cv)
+        x_anc = ScaledRows(xa, mean[nv:], std[nv:], cols=ca)
+    else:  # a query lacking some genes: the (small) dense copy with the reference means
+        x = aligned(adata, variants + anchors, meta["mean"], anchors=anchors)
+        x = np.clip((x - mean) / std, -10, 10)
+        xv = x[:, :nv] if damp is None else x[:, :nv] * damp(np.arange(adata.n_obs))
+        x_var = torch.as_tensor(np.ascontiguousarray(xv, dtype=np.float32))
+        x_anc = torch.as_tensor(np.ascontiguousarray(x[:, nv:]))
     batch = pd.Categorical(adata.obs[batch_key].astype(str), categories=meta["batches"]).codes
     labels = None
     if meta["labels"]:
         codes = pd.Categorical(adata.obs[label_key].astype(str), categories=meta["labels"]).codes
         labels = torch.as_tensor(codes, dtype=torch.long)  # missing labels -> -1
     neighbors = partners = None
+    sketch = sketch_mask(adata)
     if training and config.mixup:
         pca = adata.obsm.get("X_schelix_pca")
-        if pca is None:
+        if pca is None:  # not scored here (a model loaded on new data): PCA of the scaled genes
             from sklearn.decomposition import PCA
 
-            pca = PCA(30, random_state=0).fit_transform(x)
-        neighbors = mixup_neighbors(np.asarray(pca)[:, :30], config.mixup_k)
+            x = ScaledRows(_csr(adata, variants + anchors), mean, std)[:].numpy()
+            pca = PCA(nbrs.MIXUP_DIMS, random_state=0).fit_transform(x)
+        neighbors = nbrs.mixup(pca, config.mixup_k, sketch, batch, seed=seed)
     if training and config.w_mnn_variant > 0:
-        partners = mnn_partners(x_anc, batch, k=config.mnn_k, seed=seed)
-    data = TrainData(
-        torch.as_tensor(np.ascontiguousarray(x_var, dtype=np.float32)),
-        torch.as_tensor(x_anc),
-        torch.as_tensor(batch.astype(np.int64)),
-        labels,
-        neighbors,
-        partners,
-    )
+        near = adata.obsm["schelix_sketch_neighbors"] if sketch is not None else None
+        partners = nbrs.mnn(x_anc, batch, k=config.mnn_k, seed=seed, sketch=sketch, near=near)
+    data = TrainData(x_var, x_anc, torch.as_tensor(batch.astype(np.int64)), labels, neighbors,
+                     partners)  # fmt: skip
     return data, meta

@@ -30,6 +30,7 @@ def synthetic(
     n_mito: int = 5,
     library_size: float = 3000.0,
     seed: int = 0,
+    chunk_cells: int = 20_000,
 ) -> ad.AnnData:
     """Simulate raw UMI counts with cell types and *gene-specific* batch effects.
 
@@ -58,6 +59,9 @@ def synthetic(
         Mean total counts per cell.
     seed
         Random seed.
+    chunk_cells
+        Above this many cells, counts are drawn in chunks of this size (memory bounded by the
+        sparse result; a different random stream than one draw). Up to it, one draw.
 
     Returns
     -------
@@ -77,23 +81,25 @@ def synthetic(
     cell_type = rng.integers(0, n_cell_types, n_cells)
     # batches see cell types in different proportions, as real batches do
     batch_pref = rng.dirichlet(np.full(n_batches, 2.0), n_cell_types)
-    batch = np.array([rng.choice(n_batches, p=batch_pref[t]) for t in cell_type])
-
-    log_mu = base[None, :] + type_effect[cell_type] + batch_effect[batch]
-    log_mu += rng.normal(0.0, 0.15, (n_cells, n_genes))  # cell-level noise
-    if n_mito:
-        log_mu[:, :n_mito] = -2.0
-    prop = np.exp(log_mu)
-    prop /= prop.sum(axis=1, keepdims=True)
-    lib = rng.lognormal(np.log(library_size), 0.3, n_cells)[:, None]
-    mu = prop * lib
-    r = 5.0  # NB dispersion
-    counts = rng.poisson(rng.gamma(r, mu / r)).astype(np.float32)
+    effects = (base, type_effect, batch_effect, n_mito, library_size)
+    if n_cells <= chunk_cells:
+        batch = np.array([rng.choice(n_batches, p=batch_pref[t]) for t in cell_type])
+        X = _counts(rng, cell_type, batch, *effects)
+    else:  # large: cells drawn in chunks (own seeded streams), never a dense cells x genes array
+        cum = batch_pref.cumsum(axis=1)
+        batch = (rng.random(n_cells)[:, None] > cum[cell_type]).sum(axis=1).clip(0, n_batches - 1)
+        X = sp.vstack(
+            [
+                _counts(np.random.default_rng([seed, s]), cell_type[sl], batch[sl], *effects)
+                for s in range(0, n_cells, chunk_cells)
+                for sl in [slice(s, s + chunk_cells)]
+            ],
+            format="csr",
+        )
 
     genes = [f"Gene{i:04d}" for i in range(n_genes)]
     for i in range(min(n_mito, n_genes)):
         genes[i] = f"MT-G{i}"
-    X = sp.csr_matrix(counts)
     adata = ad.AnnData(
         X=X,
         obs=pd.DataFrame(
@@ -108,6 +114,30 @@ def synthetic(
     adata.layers["counts"] = X.copy()
     adata.uns["source"] = f"schelix.datasets.synthetic(seed={seed})"
     return adata
+
+
+def _counts(
+    rng: np.random.Generator,
+    cell_type: np.ndarray,
+    batch: np.ndarray,
+    base: np.ndarray,
+    type_effect: np.ndarray,
+    batch_effect: np.ndarray,
+    n_mito: int,
+    library_size: float,
+) -> sp.csr_matrix:
+    """Negative-binomial UMI counts of the given cells (float32 CSR)."""
+    n_cells, n_genes = len(cell_type), len(base)
+    log_mu = base[None, :] + type_effect[cell_type] + batch_effect[batch]
+    log_mu += rng.normal(0.0, 0.15, (n_cells, n_genes))  # cell-level noise
+    if n_mito:
+        log_mu[:, :n_mito] = -2.0
+    prop = np.exp(log_mu)
+    prop /= prop.sum(axis=1, keepdims=True)
+    lib = rng.lognormal(np.log(library_size), 0.3, n_cells)[:, None]
+    mu = prop * lib
+    r = 5.0  # NB dispersion
+    return sp.csr_matrix(rng.poisson(rng.gamma(r, mu / r)).astype(np.float32))
 
 
 def demo() -> ad.AnnData:

@@ -283,16 +283,28 @@ def evaluate(
     """Score several ``obsm`` embeddings; one row per key, written to ``uns["schelix"]["metrics"]``.
 
     With ``label_key=None`` the label-free score is used (column ``mode`` says which).
-    ``uns["schelix"]["metrics"]`` = ``{mode, batch_key, label_key ("" if none), seed, note,
-    table: {column: array}}``.
+    ``uns["schelix"]["metrics"]`` = ``{mode, batch_key, label_key ("" if none), seed, n_cells,
+    note, table: {column: array}}``. On large data the metrics are computed on the display
+    sample (:func:`schelix.display.sample`), and ``n_cells`` says how many cells were scored.
     """
+    from schelix import display
+
+    sample = display.sample(adata, batch_key=batch_key)
+    target = adata
+    if sample is not None:  # large data: the display sample (every key checked on all cells)
+        target = ad.AnnData(
+            X=adata.X[sample] if label_key is None else None,
+            obs=adata.obs.iloc[sample].copy(),
+            var=adata.var if label_key is None else None,
+            obsm={k: _embedding(adata, k)[sample] for k in keys},
+        )
     rows = []
     for key in keys:
         t0 = time.perf_counter()
         if label_key is None:
-            res = label_free_score(adata, key, batch_key=batch_key, seed=seed)
+            res = label_free_score(target, key, batch_key=batch_key, seed=seed)
         else:
-            res = score(adata, key, batch_key=batch_key, label_key=label_key, seed=seed)
+            res = score(target, key, batch_key=batch_key, label_key=label_key, seed=seed)
         rows.append({"embedding": key, **res, "seconds": time.perf_counter() - t0})
     mode = "label-free" if label_key is None else "labels"
     df = pd.DataFrame(rows)
@@ -307,6 +319,7 @@ def evaluate(
         "batch_key": batch_key,
         "label_key": label_key or "",
         "seed": int(seed),
+        "n_cells": int(target.n_obs),
         "note": note,
         "table": {
             c: df[c].to_numpy() if df[c].dtype != object else df[c].astype(str).to_numpy()

@@ -23,6 +23,7 @@ from schelix.anchors import _uns
 from schelix.errors import SchelixError
 from schelix.groups import EPS, group_moments, leiden_labels
 from schelix.obs import require_column
+from schelix.sketch import sketch_mask, vote
 
 __all__ = ["MIN_BATCH_CELLS", "VariantGate", "cluster_gamma", "fit_gate"]
 
@@ -296,7 +297,9 @@ def fit_gate(
         AnnData after ``score_genes`` and ``split_anchors``.
     low_res, high_res
         Leiden resolutions of the coarse and fine clusterings (``obs["schelix_gate_low"]``,
-        ``obs["schelix_gate_high"]``), both on ``obsp["schelix_connectivities"]``.
+        ``obs["schelix_gate_high"]``), both on ``obsp["schelix_connectivities"]`` (when scoring
+        used a sketch, on the sketch, with the gammas from its cells and every other cell in the
+        majority cluster of its nearest sketch cells).
     min_cells
         Smallest cluster that is gated (others get gamma 0).
     weights
@@ -330,17 +333,28 @@ def fit_gate(
         raise SchelixError("No batch column given", "pass batch_key= (the obs column of batches)")
     require_column(adata, batch_key)
     variant = (adata.var["schelix_stream"] == "variant").to_numpy()
-    x = adata.X[:, variant]
     batches = pd.Categorical(adata.obs[batch_key].astype(str)).codes
     conn = adata.obsp["schelix_connectivities"]
+    sk = sketch_mask(adata)  # large data: cluster the sketch, place every other cell by vote
+    rows = np.flatnonzero(sk) if sk is not None else slice(None)
+    x = (adata.X[rows] if sk is not None else adata.X)[:, variant]
+    if sk is not None:
+        conn, batches = conn[rows][:, rows], batches[rows]
     labels, gammas, n_gated = {}, {}, {}
     for name, res in (("low", low_res), ("high", high_res)):
         lab = leiden_labels(conn, resolution=res, seed=seed)
-        adata.obs[f"schelix_gate_{name}"] = pd.Series(lab, index=adata.obs_names)
-        labels[name] = lab.codes.astype(np.int64)
+        codes = lab.codes.astype(np.int64)
         gammas[name], ok = cluster_gamma(
-            x, labels[name], batches, min_cells=min_cells, weights=tuple(weights)
+            x, codes, batches, min_cells=min_cells, weights=tuple(weights)
         )
+        if sk is not None:
+            codes = np.full(adata.n_obs, -1, dtype=np.int64)
+            codes[rows] = lab.codes
+            near = adata.obsm["schelix_sketch_neighbors"][~sk]
+            codes[~sk] = vote(codes[near])
+            lab = pd.Categorical.from_codes(codes, lab.categories)
+        adata.obs[f"schelix_gate_{name}"] = pd.Series(lab, index=adata.obs_names)
+        labels[name] = codes
         n_gated[name] = int(ok.sum())
     gate = VariantGate(
         variant_genes=adata.var_names[variant].to_numpy(dtype=str),

@@ -11,6 +11,8 @@ __all__ = ["EPS", "group_moments", "indicator", "leiden_labels"]
 
 #: added to every denominator of the anchor scores and the gate
 EPS = 1e-8
+#: sparse matrices with more rows are summed in chunks of this many rows (float64 copies)
+MOMENT_ROWS = 65_536
 
 
 def indicator(codes: np.ndarray, n_groups: int) -> sp.csr_matrix:
@@ -27,6 +29,12 @@ def group_moments(
     Returns ``(n, s1, s2)`` with shapes ``(n_groups,)``, ``(n_groups, G)``, ``(n_groups, G)``
     in float64. Only indicator-matrix products are used, so a sparse ``x`` stays sparse.
     """
+    if sp.issparse(x) and x.shape[0] > MOMENT_ROWS:  # bounded memory: float64 copies per chunk
+        parts = [
+            group_moments(x[s : s + MOMENT_ROWS], codes[s : s + MOMENT_ROWS], n_groups)
+            for s in range(0, x.shape[0], MOMENT_ROWS)
+        ]
+        return tuple(sum(p[i] for p in parts) for i in range(3))  # type: ignore[return-value]
     ind = indicator(codes, n_groups)
     x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, np.float64)
     sq = x.multiply(x) if sp.issparse(x) else x * x

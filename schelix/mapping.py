@@ -124,6 +124,8 @@ def _query_data(model: SCHelix, query: ad.AnnData, batch_key: str | None):
     data, _ = data_step.prepare(
         view, model.config, batch_key=bk, meta=model.meta, gate=model.gate, training=False
     )
+    # the query's rows are shifted in place by its adapter (embed): a dense copy (query-sized)
+    data.x_variant, data.x_anchor = data.x_variant[:], data.x_anchor[:]
     q = np.full(query.n_obs, -1)
     adapter = getattr(model, "adapter", None)
     if adapter is not None and batches is not None:

@@ -1,7 +1,7 @@
 """Mixing the query into the reference while mapping: query-reference MNN pairs.
 
 Training pulls mutual nearest neighbours across batches together (the ``mnn_variant`` term,
-:func:`schelix.train.mnn_partners`): pairs found in the batch-stable anchor space are most
+:func:`schelix.neighbors.mnn_partners`): pairs found in the batch-stable anchor space are most
 likely the same cell state seen in two batches. Mapping (:func:`schelix.mapping.adapt`) does
 the same between each query batch and each reference batch, in the model's own terms:
 

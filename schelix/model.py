@@ -187,9 +187,12 @@ class SCHelix:
             self._build()
         elif self._data is None or not self._ready_to_train(self._data):
             self._data = self._prepare()
+        from schelix.display import sample
+
         self.state = fit(
             self.module, self._data, self.config, device=self.device, seed=seed,
             max_steps=max_steps, callbacks=callbacks, state=self.state, progress_bar=progress_bar,
+            snapshot_rows=sample(self.adata, batch_key=self.batch_key),
         )  # fmt: skip
         self._latent = None
         return self

@@ -256,8 +256,12 @@ def preprocess(
     -------
     A new AnnData (the input is not changed), see the module docstring.
     """
-    out = adata.copy()
+    out = _detached(adata)
     out = apply(out, detect(out))
+    # counts: X holds the same values as layers["counts"]; QC and filter one matrix, not two
+    counts = kind_of(out) == "counts"
+    if counts:
+        del out.layers["counts"]
     validate(out, batch_key=batch_key)
     out.uns.setdefault("schelix", {})["preprocess"] = {}
     qc_metrics(out)  # fresh: columns from an earlier run may be stale
@@ -265,6 +269,8 @@ def preprocess(
         out, batch_key=batch_key, qc=qc, min_genes=min_genes, min_cells=min_cells,
         max_mito_pct=max_mito_pct, n_mads=n_mads,
     )  # fmt: skip
+    if counts:
+        out.layers["counts"] = out.X  # normalize() writes X anew, from a copy
     left = out.obs[batch_key].cat.categories
     if len(left) < 2:
         raise SchelixError(
@@ -278,6 +284,27 @@ def preprocess(
         batch_key=str(batch_key), counts_found="counts" in out.layers, input_kind=kind_of(out)
     )
     return out
+
+
+def _detached(adata: ad.AnnData) -> ad.AnnData:
+    """A new AnnData sharing ``adata``'s matrices (no copy of the data: every step of
+    :func:`preprocess` makes new matrices and never writes into these), with its own obs, var,
+    uns and mappings, so the input is never changed. With ``raw``, a full copy."""
+    import copy
+
+    if adata.raw is not None or adata.is_view or adata.isbacked:
+        return adata.copy()
+    return ad.AnnData(
+        X=adata.X,
+        obs=adata.obs.copy(),
+        var=adata.var.copy(),
+        uns=copy.deepcopy(dict(adata.uns)),
+        obsm=dict(adata.obsm),
+        varm=dict(adata.varm),
+        obsp=dict(adata.obsp),
+        varp=dict(adata.varp),
+        layers=dict(adata.layers),
+    )
 
 
 def hvg_mask(adata: ad.AnnData) -> np.ndarray:

@@ -50,12 +50,19 @@ def add_umaps(
 ) -> list[str]:
     """UMAP (umap-learn) of each ``obsm[key]`` into ``obsm["<key>_umap"]``; skips existing ones.
 
+    On large data only the display sample is laid out (:func:`schelix.display.sample`; other
+    rows are NaN and not drawn); ``uns["schelix"]["umap"]["n_cells"]`` says how many cells.
+
     The fused embedding's UMAP is also written as ``obsm["X_umap"]`` (cellxgene's default).
     ``progress(fraction, message)`` is called before each one.
     """
     import umap
 
+    from schelix import display
+
     keys = list(keys.values()) if isinstance(keys, Mapping) else list(keys)
+    batch_key = adata.uns.get("schelix", {}).get("setup", {}).get("batch_key")
+    rows = display.sample(adata, batch_key=batch_key)
     done = []
     for i, key in enumerate(keys):
         out = umap_key(key)
@@ -63,14 +70,21 @@ def add_umaps(
             progress(i / max(1, len(keys)), f"UMAP {i + 1} of {len(keys)} ({key})")
         if out not in adata.obsm:
             emb = np.asarray(adata.obsm[key], dtype=np.float32)
+            if rows is not None:
+                emb = emb[rows]
             reducer = umap.UMAP(
-                n_neighbors=min(n_neighbors, adata.n_obs - 1),
+                n_neighbors=min(n_neighbors, len(emb) - 1),
                 min_dist=min_dist,
                 n_epochs=n_epochs,
                 random_state=seed,
                 n_jobs=1,
             )
-            adata.obsm[out] = reducer.fit_transform(emb).astype(np.float32)
+            layout = reducer.fit_transform(emb).astype(np.float32)
+            if rows is not None:  # the display sample only; other cells NaN (not drawn)
+                full = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)
+                full[rows] = layout
+                layout = full
+            adata.obsm[out] = layout
         if key == "X_schelix":
             adata.obsm["X_umap"] = adata.obsm[out]
         done.append(out)
@@ -80,5 +94,6 @@ def add_umaps(
         "n_epochs": int(n_epochs),
         "seed": int(seed),
         "package": "umap-learn",
+        "n_cells": int(adata.n_obs if rows is None else len(rows)),
     }
     return done

@@ -15,6 +15,7 @@ from schelix.config import SCHelixConfig
 from schelix.module.network import STAGES, SCHelixModule
 
 __all__ = [
+    "LOG_EVERY",
     "StepRecord",
     "Callback",
     "StopTraining",
@@ -23,8 +24,6 @@ __all__ = [
     "schedule",
     "fit",
     "embed_all",
-    "mixup_neighbors",
-    "mnn_partners",
 ]
 
 
@@ -52,6 +51,10 @@ class StepRecord:
     losses: dict[str, float]
     elapsed: float
     eta: float
+
+
+#: On a GPU the losses are read back to the host every this many steps (one transfer).
+LOG_EVERY = 25
 
 
 class StopTraining(Exception):
@@ -117,80 +120,6 @@ def schedule(n_cells: int, config: SCHelixConfig, max_steps: int | None = None) 
     return total, min(config.warmup_steps, total // 2)
 
 
-def mixup_neighbors(pca: np.ndarray, k: int, *, chunk: int = 2048) -> torch.Tensor:
-    """Indices of each cell's ``k`` nearest neighbours (Euclidean, PCA space) for kNN MixUp."""
-    x = torch.as_tensor(np.ascontiguousarray(pca, dtype=np.float32))
-    k = min(k, len(x) - 1)
-    sq = (x * x).sum(1)
-    out = []
-    for s in range(0, len(x), chunk):
-        d = sq[s : s + chunk, None] - 2 * x[s : s + chunk] @ x.T + sq[None, :]
-        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")
-        out.append(torch.topk(d, k, dim=1, largest=False).indices.to(torch.int32))
-    return torch.cat(out)
-
-
-def mnn_partners(
-    x_anchor: np.ndarray, batch: np.ndarray, *, k: int = 10, seed: int = 0
-) -> torch.Tensor:
-    """Mutual nearest neighbours across batches in the PCA (30 components) of the anchor genes.
-
-    Anchors are batch-stable, so a cross-batch MNN pair there is most likely the same cell state
-    seen in two batches (the MNN idea of Haghverdi et al. 2018, on the scaffold). ``x_anchor`` is
-    already the scaled matrix the model trains on, so it is not re-scaled here
-    (:func:`schelix.pca.scaled_pca` would scale and clip it again).
-
-    Parameters
-    ----------
-    x_anchor
-        Cells x anchor genes (scaled).
-    batch
-        Integer batch code of each cell.
-    k
-        Neighbours searched in each other batch.
-    seed
-        Random state of the PCA.
-
-    Returns
-    -------
-    ``(n_cells, k)`` int64 tensor of partner indices: the first ones are a cell's partners, the
-    rest repeat them, so any column is a real partner; all ``-1`` for a cell without one.
-    """
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import NearestNeighbors
-
-    n = len(x_anchor)
-    z = PCA(max(1, min(30, x_anchor.shape[1] - 1, n - 1)), random_state=seed).fit_transform(
-        x_anchor
-    )
-    pairs = []
-    codes = np.unique(batch)
-    for i, a in enumerate(codes):
-        for b in codes[i + 1 :]:
-            ia, ib = np.flatnonzero(batch == a), np.flatnonzero(batch == b)
-            ka, kb = min(k, len(ib)), min(k, len(ia))
-            nab = (
-                NearestNeighbors(n_neighbors=ka).fit(z[ib]).kneighbors(z[ia], return_distance=False)
-            )
-            nba = (
-                NearestNeighbors(n_neighbors=kb).fit(z[ia]).kneighbors(z[ib], return_distance=False)
-            )
-            mutual = (nba[nab] == np.arange(len(ia))[:, None, None]).any(axis=2)  # (|ia|, ka)
-            r, c = np.nonzero(mutual)
-            u, v = ia[r], ib[nab[r, c]]
-            pairs += [np.stack([u, v], 1), np.stack([v, u], 1)]
-    out = np.full((n, k), -1, dtype=np.int64)
-    if pairs:
-        pr = np.concatenate(pairs)
-        pr = pr[np.lexsort((pr[:, 1], pr[:, 0]))]
-        start = np.searchsorted(pr[:, 0], np.arange(n))
-        count = np.minimum(np.searchsorted(pr[:, 0], np.arange(n), side="right") - start, k)
-        has = count > 0
-        col = np.arange(k)[None, :] % np.maximum(count, 1)[:, None]  # repeat to fill the row
-        out[has] = pr[(start[:, None] + col)[has], 1]
-    return torch.as_tensor(out)
-
-
 def _mix(data: TrainData, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     xv, xi = data.x_variant[idx], data.x_anchor[idx]
     labels = data.labels[idx] if data.labels is not None else None
@@ -199,12 +128,59 @@ def _mix(data: TrainData, idx: torch.Tensor, gen: torch.Generator) -> tuple[torc
     nb = data.neighbors[idx]
     pick = torch.randint(nb.shape[1], (len(idx),), generator=gen)
     j = nb[torch.arange(len(idx)), pick].long()
-    a = torch.rand(len(idx), 1, generator=gen)
+    a = torch.rand(len(idx), 1, generator=gen).to(xv.device)
     xv = a * xv + (1 - a) * data.x_variant[j]
     xi = a * xi + (1 - a) * data.x_anchor[j]
     if labels is not None:  # a mixed cell keeps its label only if both parents share it
         labels = torch.where(labels == data.labels[j], labels, torch.full_like(labels, -1))
     return xv, xi, labels
+
+
+def _to_device(data: TrainData, device: str) -> bool:
+    """Put the scaled rows on a CUDA device when they fit (:meth:`ScaledRows.to_device`)."""
+    from schelix.rows import ScaledRows
+
+    if not str(device).startswith("cuda"):
+        return False
+    for rows in (data.x_variant, data.x_anchor):
+        if isinstance(rows, ScaledRows) and rows.device_rows is None:
+            rows.to_device(device)
+    return True
+
+
+def _full_rows(x: np.ndarray, rows: np.ndarray | None, n: int) -> np.ndarray:
+    """``x`` (one row per cell of ``rows``) as ``n`` rows, NaN for cells left out."""
+    if rows is None:
+        return x
+    out = np.full((n, x.shape[1]), np.nan, dtype=x.dtype)
+    out[rows] = x
+    return out
+
+
+def _flush(log: list, state: TrainState, total: int, start: int, callbacks, bar) -> None:
+    """Read the pending steps' losses from the device in one transfer; record and report them.
+
+    On a GPU this runs every :data:`LOG_EVERY` steps (and at snapshots), not every step, so
+    the device is never waited on just to log; on the CPU every step.
+    """
+    flat = torch.cat([entry[3] for entry in log]).tolist()
+    pos = 0
+    for step, phase, names, _, elapsed in log:
+        values = flat[pos : pos + len(names)]
+        pos += len(names)
+        losses = dict(zip(names, values))
+        eta = elapsed / max(step - start, 1) * (total - step)
+        record = StepRecord(step, total, phase, losses, state.seconds + elapsed, eta)
+        state.history.append({"step": step, "phase": phase, **losses})
+        if not all(math.isfinite(v) for v in values):
+            log.clear()
+            raise FloatingPointError(f"scHelix loss became non-finite at step {step}: {losses}")
+        for cb in callbacks:
+            cb.on_step(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(phase=phase, loss=f"{losses['total']:.3f}")
+    log.clear()
 
 
 @torch.no_grad()
@@ -214,16 +190,21 @@ def embed_all(
     device: str,
     *,
     stages: Sequence[str] = STAGES,
-    chunk: int = 8192,
+    chunk: int | None = None,
+    rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every stage embedding of all cells, in eval mode."""
+    """Every stage embedding of all cells (or of the cells ``rows``), in eval mode, ``chunk``
+    cells at a time (only those are ever dense)."""
     was_training = module.training
     module.eval()
     parts: dict[str, list[np.ndarray]] = {s: [] for s in stages}
-    for s in range(0, data.n_cells, chunk):
-        out = module.embed(
-            data.x_variant[s : s + chunk].to(device), data.x_anchor[s : s + chunk].to(device)
-        )
+    from schelix import rows as rows_mod
+
+    chunk = chunk or rows_mod.CHUNK
+    rows = np.arange(data.n_cells) if rows is None else np.asarray(rows)
+    for s in range(0, len(rows), chunk):
+        idx = torch.as_tensor(rows[s : s + chunk])
+        out = module.embed(data.x_variant[idx].to(device), data.x_anchor[idx].to(device))
         for k in stages:
             parts[k].append(out[k].float().cpu().numpy())
     module.train(was_training)
@@ -241,6 +222,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     state: TrainState | None = None,
     progress_bar: bool = False,
+    snapshot_rows: np.ndarray | None = None,
 ) -> TrainState:
     """Train ``module`` on ``data``; resumes from ``state`` when given.
 
@@ -249,6 +231,8 @@ def fit(
     warm-up phase optimises Eq. 9 (recon + align + connectivity), the fusion
     phase adds Eq. 10 (fused recon + KD + fused connectivity, and the
     supervised head when labels are given). AdamW with gradient clipping.
+    Snapshots embed the cells ``snapshot_rows`` only (the display sample,
+    :func:`schelix.display.sample`; other rows NaN), all cells when ``None``.
     """
     state = state or TrainState()
     total, warmup = schedule(data.n_cells, config, max_steps)
@@ -268,6 +252,8 @@ def fit(
     t0, start_step = time.perf_counter(), state.step
     batch_size = min(config.batch_size, data.n_cells)
     plain = dataclasses.replace(data, neighbors=None)
+    on_device = _to_device(data, device)
+    log: list[tuple] = []
     try:
         while state.step < total:
             if pos + batch_size > data.n_cells:
@@ -295,35 +281,25 @@ def fit(
             torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
             opt.step()
             state.step += 1
-            names = [*terms, "total"]
-            values = torch.stack(
-                [*(v.detach() for v in terms.values()), total_loss.detach()]
-            ).tolist()
-            losses = dict(zip(names, values))
-            elapsed = time.perf_counter() - t0
-            eta = elapsed / (state.step - start_step) * (total - state.step)
             phase = "fusion" if fuse else "warmup"
-            record = StepRecord(state.step, total, phase, losses, state.seconds + elapsed, eta)
-            state.history.append({"step": state.step, "phase": phase, **losses})
-            if not all(math.isfinite(v) for v in values):
-                raise FloatingPointError(
-                    f"scHelix loss became non-finite at step {state.step}: {losses}"
-                )
-            for cb in callbacks:
-                cb.on_step(record)
-            if state.step % snap_every == 0 or state.step == total:
-                fused = embed_all(module, data, device, stages=("fused",))["fused"]
+            values = torch.stack([*(v.detach() for v in terms.values()), total_loss.detach()])
+            log.append((state.step, phase, [*terms, "total"], values, time.perf_counter() - t0))
+            snap = state.step % snap_every == 0 or state.step == total
+            if not on_device or snap or state.step % LOG_EVERY == 0:
+                _flush(log, state, total, start_step, callbacks, bar)
+            if snap:
+                fused = embed_all(module, data, device, stages=("fused",), rows=snapshot_rows)
+                fused = _full_rows(fused["fused"], snapshot_rows, data.n_cells)
                 state.snapshots[state.step] = fused
                 for cb in callbacks:
                     cb.on_snapshot(state.step, fused)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(phase=phase, loss=f"{losses['total']:.3f}")
             if any(cb.should_stop() for cb in callbacks):
                 raise StopTraining
     except StopTraining:
         state.stopped_early = True
     finally:
+        if log:
+            _flush(log, state, total, start_step, callbacks, bar)
         if bar is not None:
             bar.close()
         state.seconds += time.perf_counter() - t0

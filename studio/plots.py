@@ -287,8 +287,9 @@ def embeddings(
     codes = cats.to_numpy()
     for i, name in enumerate(names):
         xy = np.asarray(panels[name])
+        shown = np.isfinite(xy).all(axis=1)  # large data: only the display sample is laid out
         for cat in cats.cat.categories:
-            m = codes == cat
+            m = (codes == cat) & shown
             fig.add_trace(
                 go.Scattergl(
                     x=xy[m, 0],

@@ -128,7 +128,7 @@ def test_every_ablation_builds_and_steps(ablation):
 
 
 def test_mnn_partners_are_mutual_and_cross_batch():
-    from schelix.train import mnn_partners
+    from schelix.neighbors import mnn_partners
 
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 5, (3, 8))

@@ -36,6 +36,7 @@ def harmony(
     nclust: int = 50,
     max_iter: int = 10,
     epsilon: float = 1e-5,
+    use_rep: str | None = None,
     **params: Any,
 ) -> np.ndarray:
     """Harmony-corrected PCA embedding.
@@ -58,6 +59,9 @@ def harmony(
         Diversity penalty, ridge penalty, soft-clustering bandwidth, number of
         clusters (capped at a fifth of the cells), Harmony iterations and the
         convergence threshold (harmonypy's ``epsilon_harmony``).
+    use_rep
+        An ``obsm`` key holding the PCA to correct (e.g. ``"X_schelix_pca"``, the scaled-HVG
+        PCA of anchor discovery); ``None`` computes the scaled-HVG PCA here (dense: small data).
 
     Returns
     -------
@@ -68,12 +72,19 @@ def harmony(
     if params:
         raise SchelixError(
             f"Unknown option(s) for Harmony: {', '.join(sorted(params))}",
-            "choose from n_comps, theta, lamb, sigma, nclust, max_iter, epsilon",
+            "choose from n_comps, theta, lamb, sigma, nclust, max_iter, epsilon, use_rep",
         )
     require_column(adata, batch_key)
     if progress is not None:
         progress(0.0, "PCA of the scaled HVGs")
-    emb = scaled_hvg_pca(adata, n_comps=n_comps, seed=seed)
+    if use_rep is not None:
+        if use_rep not in adata.obsm:
+            raise SchelixError(
+                f"obsm[{use_rep!r}] is missing", "pass use_rep=None to compute the PCA here"
+            )
+        emb = np.asarray(adata.obsm[use_rep])[:, :n_comps]
+    else:
+        emb = scaled_hvg_pca(adata, n_comps=n_comps, seed=seed)
     if progress is not None:
         progress(0.3, "Harmony")
     meta = adata.obs[[batch_key]].astype(str)

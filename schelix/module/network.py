@@ -110,7 +110,7 @@ class SCHelixModule(nn.Module):
         """``(total, terms)`` of one training step (paper Eq. 9 + I_fuse * Eq. 10).
 
         ``x_partner`` holds the variant inputs of one cross-batch MNN partner for each cell
-        where ``has_partner`` is true (:func:`schelix.train.mnn_partners`); with them the
+        where ``has_partner`` is true (:func:`schelix.neighbors.mnn_partners`); with them the
         ``mnn_variant`` term ``1 - cos(h_var(i), h_var(partner))`` is added.
         """
         c = self.config

@@ -1,0 +1,109 @@
+"""Large data: a batch-stratified sketch of the cells and each cell's nearest sketch cells.
+
+Above :data:`SKETCH_CELLS` cells, the gene-level work (anchor scores, the gate's clusters) runs
+on a sample of that many cells drawn within each batch (:func:`stratified_sample`), and every
+cell is placed by its nearest sketch cells in the scaled-HVG PCA (:func:`sketch_neighbors`,
+an approximate pynndescent index over the sketch: memory linear in cells). Below it nothing
+changes: every cell is used, exactly as before.
+
+Why 50,000: the shared datasets (at most 14k cells) are far below it, so their results are
+untouched; the scores are per-gene means and variances, whose sampling error over 50,000
+cells is negligible next to the between-gene spread the quadrant thresholds; and the Leiden
+clusters of a 50,000-cell kNN graph still resolve a population of 0.1 % (50 cells), finer than
+the gate's ``gate_min_cells`` of 20. Measured agreement with the full-data split:
+``benchmarks/SCALE_RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DISPLAY_CELLS",
+    "SKETCH_CELLS",
+    "sketch_mask",
+    "sketch_neighbors",
+    "stratified_sample",
+    "vote",
+]
+
+#: Above this many cells the anchor scores and the gate's clusters use a sketch of this size.
+SKETCH_CELLS = 50_000
+#: Above this many cells the display UMAPs, snapshots and metrics use a sample of this size.
+DISPLAY_CELLS = 30_000
+
+
+def stratified_sample(groups: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` cells drawn without replacement within each group.
+
+    Each group gets its share of ``n`` in proportion to its size (largest remainders), so a
+    batch with 2 % of the cells keeps 2 % of the sample; all cells when ``n >= len(groups)``.
+    """
+    groups = np.asarray(groups)
+    if n >= len(groups):
+        return np.arange(len(groups))
+    codes, uniques = pd.factorize(pd.Series(groups.astype(str)), sort=True)
+    sizes = np.bincount(codes, minlength=len(uniques))
+    share = sizes * n / len(groups)
+    take = np.floor(share).astype(int)
+    left = n - take.sum()
+    take[np.argsort(-(share - take), kind="stable")[:left]] += 1
+    rng = np.random.default_rng(seed)
+    order = np.argsort(codes, kind="stable")
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    picked = [
+        rng.choice(order[s : s + size], t, replace=False)
+        for s, size, t in zip(starts, sizes, take)
+        if t
+    ]
+    return np.sort(np.concatenate(picked))
+
+
+def sketch_mask(adata) -> np.ndarray | None:
+    """Boolean mask of the sketch cells (``obs["schelix_sketch"]``), ``None`` if not sketched."""
+    if "schelix_sketch" not in adata.obs:
+        return None
+    return adata.obs["schelix_sketch"].to_numpy(dtype=bool)
+
+
+def sketch_neighbors(
+    pca: np.ndarray, sketch: np.ndarray, k: int, *, seed: int = 0, chunk: int = 100_000
+) -> np.ndarray:
+    """Each cell's ``k`` nearest sketch cells (global row indices, nearest first, self left out).
+
+    An approximate nearest-neighbour index (pynndescent) over the sketch rows of ``pca``,
+    queried by every cell in chunks: ``(n_cells, k)`` int32, memory linear in cells.
+    """
+    from pynndescent import NNDescent
+
+    pca = np.ascontiguousarray(pca, dtype=np.float32)
+    ref = np.flatnonzero(sketch)
+    k = int(min(k, len(ref) - 1))
+    index = NNDescent(pca[ref], n_neighbors=max(15, min(k + 1, 64)), random_state=seed, n_jobs=1)
+    index.prepare()
+    out = np.empty((len(pca), k), dtype=np.int32)
+    for s in range(0, len(pca), chunk):
+        found, _ = index.query(pca[s : s + chunk], k=k + 1)
+        found = ref[found]
+        own = found == np.arange(s, s + len(found))[:, None]
+        # drop the cell itself when it is a sketch cell, else the farthest of the k + 1
+        keep = ~own
+        keep[~own.any(axis=1), -1] = False
+        out[s : s + len(found)] = found[keep].reshape(len(found), k)
+    return out
+
+
+def vote(neighbor_labels: np.ndarray, *, chunk: int = 50_000) -> np.ndarray:
+    """Majority label of each row of integer labels (ties go to the nearer neighbour's label)."""
+    n, k = neighbor_labels.shape
+    n_labels = int(neighbor_labels.max()) + 1
+    weight = (1.0 + 1e-3 * (k - np.arange(k)) / k)[None, :]
+    out = np.empty(n, dtype=np.int64)
+    for s in range(0, n, chunk):
+        lab = neighbor_labels[s : s + chunk]
+        flat = (np.arange(len(lab))[:, None] * n_labels + lab).ravel()
+        w = np.broadcast_to(weight, lab.shape).ravel()
+        counts = np.bincount(flat, weights=w, minlength=len(lab) * n_labels)
+        out[s : s + len(lab)] = counts.reshape(len(lab), n_labels).argmax(axis=1)
+    return out
