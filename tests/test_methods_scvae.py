@@ -124,7 +124,7 @@ def test_kl_warmup_raises_the_kl_weight_linearly(adata):
 
 @pytest.mark.parametrize("sc_activation", [False, True])
 def test_sc_activation_puts_the_nonlinearity_before_the_ebm(sc_activation):
-    model = _build(50, 16, 4, 2, 0.2, 1.0, 0, sc_activation=sc_activation)
+    model = _build(50, 16, 4, 2, 0.2, 1.0, 0, sc_activation=sc_activation, bm_at="sc")
     seen = []
     model.ebm.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
     model.train()

@@ -23,7 +23,7 @@ def _build(
     *,
     sc_activation: bool = False,
     fc_after_sc: bool = True,
-    bm_at: str = "sc",
+    bm_at: str = "latent",
 ):
     import torch
     from torch import nn
