@@ -113,12 +113,11 @@ def fit_scvae(
     layer and the dBM right before the decoder's. The paper is silent on the
     KL term; the default is the plain VAE objective (KL weight 1 throughout,
     ``kl_warmup_epochs=0``); ``kl_warmup_epochs=N`` raises the weight linearly
-    from 0 to 1 over N epochs, as scvi-tools does with 400. Across batches
-    the two defaults together scored CellBench Overall 0.919 (seed 0) against
-    0.754 for ``bm_at="sc"`` with a 400-epoch warm-up, the previous default;
-    either change alone stays below unintegrated PCA (benchmarks/
-    EXPERIMENTS.md, issue 14, session 8). On one batch (pbmc_3chem V3) the
-    warm-up had raised the paper's five scores a little (ASW 0.693 -> 0.724).
+    from 0 to 1 over N epochs, as scvi-tools does with 400. Together the two
+    defaults scored Overall 0.907 +- 0.013 on CellBench (PCA 0.877) and
+    0.856 +- 0.068 on pbmc_3chem (PCA 0.826), 3 seeds, against 0.670 and 0.714
+    for ``bm_at="sc"`` with a 400-epoch warm-up; either change alone stays
+    below PCA (benchmarks/EXPERIMENTS.md, issue 14, session 8).
     ``sc_activation=True`` applies eq. (1)'s sigma (BatchNorm + ReLU) to the SC
     output *before* the eBM rather than after it (with ``bm_at="sc"``), and
     ``fc_after_sc=False`` drops the paper's "optional FC layer" after the SC
