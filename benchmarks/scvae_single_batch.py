@@ -158,7 +158,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
     summary = df.drop(columns="seed").groupby("method", sort=False).agg(["mean", "std"])
-    print(summary.round(3).to_markdown())
+    print(summary.round(3).to_string())  # to_markdown needs tabulate, not a dependency
 
 
 if __name__ == "__main__":

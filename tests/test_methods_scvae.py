@@ -124,7 +124,7 @@ def test_kl_warmup_raises_the_kl_weight_linearly(adata):
 
 @pytest.mark.parametrize("sc_activation", [False, True])
 def test_sc_activation_puts_the_nonlinearity_before_the_ebm(sc_activation):
-    model = _build(50, 16, 4, 2, 0.2, 1.0, 0, sc_activation=sc_activation)
+    model = _build(50, 16, 4, 2, 0.2, 1.0, 0, sc_activation=sc_activation, bm_at="sc")
     seen = []
     model.ebm.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
     model.train()
@@ -145,3 +145,60 @@ def test_fc_after_sc_false_drops_the_optional_fc_layers():
     z = torch.randn(8, 4)
     out = without.decode(z, [(0, 8)], torch.ones(1, 50, 16))
     assert out.shape == (8, 50)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_initial_masks_shared_or_independent(shared):
+    from schelix.methods.scvae_sc import _initial_masks
+
+    masks = _initial_masks(3, 40, 16, 4, shared=shared, gen=torch.Generator().manual_seed(0))
+    assert masks.shape == (3, 40, 16) and bool((masks.sum(2) == 4).all())  # App. A.2 (a)
+    same = torch.equal(masks[0], masks[1]) and torch.equal(masks[0], masks[2])
+    assert same == shared
+    masks[0, 0] = ~masks[0, 0]  # each batch's mask is its own tensor, updated alone
+    assert not torch.equal(masks[0], masks[1])
+
+
+def test_update_every_sets_how_often_connections_change(adata, monkeypatch):
+    import schelix.methods.scvae as scvae_mod
+
+    calls = []
+    real = scvae_mod._update_connections
+    monkeypatch.setattr(
+        scvae_mod, "_update_connections", lambda *a, **k: (calls.append(1), real(*a, **k))
+    )
+    n_b = adata.obs["batch"].nunique()
+    for every, expected in ((1, 8), (3, 2)):  # 10 epochs, updates in the first 8
+        calls.clear()
+        fit_scvae(adata[:120].copy(), batch_key="batch", epochs=10, n_hidden=16,
+                  device="cpu", update_every=every)  # fmt: skip
+        assert len(calls) == expected * n_b, (every, len(calls))
+
+
+def test_bm_at_latent_moves_the_ebm_after_the_fc_layer():
+    model = _build(50, 16, 4, 2, 0.2, 1.0, 0, bm_at="latent")
+    fc_out, ebm_in = [], []
+    model.enc_fc.register_forward_hook(lambda mod, args, out: fc_out.append(out))
+    model.ebm.register_forward_hook(lambda mod, args, out: ebm_in.append(args[0]))
+    model.train()
+    model.encode([(0, torch.rand(8, 50)), (1, torch.rand(6, 50))], torch.ones(2, 50, 16))
+    assert torch.equal(torch.cat(ebm_in), fc_out[0])  # the eBM reads the FC layer's output
+    out = model.decode(torch.randn(14, 4), [(0, 8), (1, 6)], torch.ones(2, 50, 16))
+    assert out.shape == (14, 50)
+
+
+def test_encoder_input_is_log1p_counts_unless_normalized():
+    from schelix.methods.scvae_sc import _encoder_input
+
+    raw = torch.tensor([[1.0, 3.0], [2.0, 6.0]])  # cell 2 = cell 1 sequenced twice as deep
+    assert torch.allclose(_encoder_input(raw, normalize=False), torch.log1p(raw))
+    norm = _encoder_input(raw, normalize=True)
+    assert torch.allclose(norm[0], norm[1]) and torch.allclose(
+        norm.expm1().sum(1), torch.tensor(1e4)
+    )
+
+
+def test_unknown_options_fail_before_training(adata):
+    for bad in ({"mask_init": "random"}, {"bm_at": "input"}, {"update_every": 0}):
+        with pytest.raises(SchelixError, match=next(iter(bad))):
+            fit_scvae(adata, batch_key="batch", **bad)

@@ -31,6 +31,28 @@ def _zinb_nll(x, mu, theta, pi_logits):
     return -torch.where(x < eps, zero, nonzero).sum(1).mean()
 
 
+def _encoder_input(raw, *, normalize: bool):
+    """log1p of the counts (App. A.1.1); ``normalize`` first scales each cell to 10,000 counts
+    (size normalisation: *not* the paper's input, kept as an experiment)."""
+    import torch
+
+    if normalize:
+        raw = raw / raw.sum(1, keepdim=True).clamp(min=1.0) * 1e4
+    return torch.log1p(raw)
+
+
+def _initial_masks(n_b: int, G: int, H: int, n_init: int, *, shared: bool, gen):
+    """One (G x H) bool mask per batch, each gene with ``n_init`` random outputs (App. A.2 (a)).
+
+    ``shared``: every batch starts from the same random mask; otherwise each batch draws its
+    own. Either way the masks are then updated independently (App. A.2.2).
+    """
+    import torch
+
+    start = torch.rand(1 if shared else n_b, G, H, generator=gen, device=gen.device)
+    return (start.argsort(2) < n_init).expand(n_b, G, H).clone()
+
+
 def _update_connections(mask, w_enc, mse, *, n_min, n_max, n_al, n_pl, n_pw, q_w, v_w, gen):
     """One connection update of one batch mask (G x H bool), in place; weights are fixed."""
     import torch
