@@ -168,9 +168,20 @@ def _csr(adata: ad.AnnData, genes: list[str]) -> sp.csr_matrix:
 
 def _sources(adata: ad.AnnData, variants: list[str], anchors: list[str]) -> list[tuple]:
     """``[(matrix, columns), ...]`` of the variant and anchor streams: ``adata.X`` itself (no
-    copy) when it is float32 CSR and the pool is most of its columns, else a copy per stream."""
+    copy) for large data (above the sketch size) when it is float32 CSR and the pool is most of
+    its columns, else a copy per stream. Reading through ``adata.X`` changes the embedding in
+    the last float digits (``tests/test_pinned.py``), so data below the sketch size keep the
+    copy and the results they always had."""
+    from schelix import sketch
+
     x = adata.X
-    if sp.isspmatrix_csr(x) and x.dtype == np.float32 and len(variants + anchors) >= x.shape[1] / 2:
+    large = x.shape[0] > sketch.SKETCH_CELLS
+    if (
+        large
+        and sp.isspmatrix_csr(x)
+        and x.dtype == np.float32
+        and len(variants + anchors) >= x.shape[1] / 2
+    ):
         index = pd.Index(adata.var_names)
         return [(x, index.get_indexer(variants)), (x, index.get_indexer(anchors))]
     return [(_csr(adata, variants), None), (_csr(adata, anchors), None)]
