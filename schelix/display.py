@@ -35,8 +35,9 @@ def sample(
     size = size or sketch.DISPLAY_CELLS
     if adata.n_obs <= size:
         return None
-    if "schelix_display" in adata.obs:
-        return np.flatnonzero(adata.obs["schelix_display"].to_numpy(dtype=bool))
+    kept = _kept(adata, size)
+    if kept is not None:
+        return kept
     groups = (
         adata.obs[batch_key].astype(str).to_numpy()
         if batch_key and batch_key in adata.obs
@@ -55,6 +56,18 @@ def sample(
         "used_for": "UMAPs, training snapshots and metrics; every embedding in obsm has all cells",
     }
     return rows
+
+
+def _kept(adata: ad.AnnData, size: int) -> np.ndarray | None:
+    """The rows of a sample this module drew earlier, or ``None``. A column of that name in an
+    uploaded file is not trusted: it is used only when it is boolean and matches its ``uns``
+    record (same cells, same size), else the sample is drawn again."""
+    col, rec = adata.obs.get("schelix_display"), record(adata)
+    if col is None or rec is None or col.dtype != bool:
+        return None
+    rows = np.flatnonzero(col.to_numpy())
+    ok = rec.get("n_obs") == adata.n_obs and rec.get("threshold") == size
+    return rows if ok and len(rows) == rec.get("n_cells") and len(rows) > 0 else None
 
 
 def record(adata: ad.AnnData) -> dict | None:

@@ -131,3 +131,13 @@ def test_display_sample_recorded_for_umap_snapshots_and_metrics(pre, large):
 def test_small_data_has_no_sample(pre):
     adata = pre.copy()
     assert display.sample(adata, batch_key="batch") is None and display.note(adata) is None
+
+
+def test_an_uploaded_display_column_is_not_trusted(pre, large):
+    adata = pre.copy()
+    adata.obs["schelix_display"] = False  # a file's own column: no cell shown
+    rows_ = display.sample(adata, batch_key="batch")
+    assert len(rows_) == 200 and adata.obs["schelix_display"].sum() == 200
+    assert np.array_equal(display.sample(adata, batch_key="batch"), rows_)  # kept once drawn
+    adata.obs["schelix_display"] = "yes"  # not boolean: drawn again
+    assert len(display.sample(adata, batch_key="batch")) == 200
