@@ -61,10 +61,20 @@ def stratified_sample(groups: np.ndarray, n: int, *, seed: int = 0) -> np.ndarra
 
 
 def sketch_mask(adata) -> np.ndarray | None:
-    """Boolean mask of the sketch cells (``obs["schelix_sketch"]``), ``None`` if not sketched."""
-    if "schelix_sketch" not in adata.obs:
+    """Boolean mask of the sketch cells (``obs["schelix_sketch"]``), ``None`` if not sketched.
+
+    The mask and ``obsm["schelix_sketch_neighbors"]`` are written together by
+    :mod:`schelix.cell_graph`; a file that carries one without a consistent other (an uploaded
+    or edited AnnData) counts as not sketched, so training never indexes out of range.
+    """
+    col, near = adata.obs.get("schelix_sketch"), adata.obsm.get("schelix_sketch_neighbors")
+    if col is None or near is None or col.dtype != bool:
         return None
-    return adata.obs["schelix_sketch"].to_numpy(dtype=bool)
+    mask, near = col.to_numpy(), np.asarray(near)
+    if near.ndim != 2 or len(near) != len(mask) or near.size == 0 or not mask.any():
+        return None
+    in_range = near.min() >= 0 and near.max() < len(mask)
+    return mask if in_range and mask[near].all() else None
 
 
 def sketch_neighbors(

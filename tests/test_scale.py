@@ -141,3 +141,13 @@ def test_an_uploaded_display_column_is_not_trusted(pre, large):
     assert np.array_equal(display.sample(adata, batch_key="batch"), rows_)  # kept once drawn
     adata.obs["schelix_display"] = "yes"  # not boolean: drawn again
     assert len(display.sample(adata, batch_key="batch")) == 200
+
+
+def test_a_stray_sketch_column_is_not_a_sketch(pre):
+    adata = pre.copy()
+    adata.obs["schelix_sketch"] = True  # e.g. left in an uploaded file, no neighbours with it
+    assert sketch.sketch_mask(adata) is None
+    adata.obsm["schelix_sketch_neighbors"] = np.full((adata.n_obs, 3), adata.n_obs + 5)
+    assert sketch.sketch_mask(adata) is None  # neighbours out of range
+    adata.obsm["schelix_sketch_neighbors"] = np.zeros((adata.n_obs, 3), dtype=int)
+    assert sketch.sketch_mask(adata).all()
