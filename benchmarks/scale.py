@@ -100,7 +100,7 @@ def run(path: Path, *, device: str, seed: int, max_steps: int | None) -> dict:
     with st("read"):
         adata = schelix.io.read(path, batch_key="batch", label_key="cell_type")
     with st("preprocess"):
-        adata = schelix.pp.preprocess(adata, batch_key="batch")
+        adata = schelix.pp.preprocess(adata, batch_key="batch", copy=False)  # as schelix run
     with st("score"):
         split_genes(adata, batch_key="batch", label_key="cell_type", config=cfg, seed=seed)
     model = SCHelix(adata, cfg)

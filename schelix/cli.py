@@ -239,9 +239,10 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any]:
     _check_run(args)
     config = run_config(args)
     adata = _read_input(args)
-    adata = schelix.pp.preprocess(
-        adata, batch_key=args.batch_key, n_top_genes=args.n_top_genes, **_qc_options(args)
-    )
+    adata = schelix.pp.preprocess(  # copy=False: the input is not needed again
+        adata, batch_key=args.batch_key, n_top_genes=args.n_top_genes, copy=False,
+        **_qc_options(args),
+    )  # fmt: skip
     print_qc(adata)
     return adata, config
 
@@ -329,7 +330,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     adata = schelix.io.read(args.input, batch_key=args.batch_key, label_key=args.label_key)
     checks.check_labels(adata, args.label_key)
     checks.check_data(adata, batch_key=args.batch_key)
-    adata = schelix.pp.preprocess(adata, batch_key=args.batch_key, **_qc_options(args))
+    adata = schelix.pp.preprocess(adata, batch_key=args.batch_key, copy=False, **_qc_options(args))
     print_qc(adata)
     table = compare(
         adata, batch_key=args.batch_key, label_key=args.label_key, methods=tuple(args.methods),

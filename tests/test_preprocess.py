@@ -199,6 +199,20 @@ def test_preprocess_pipeline_and_serialisable(base, tmp_path):
     )
 
 
+def test_preprocess_in_place_gives_the_same_result(base):
+    """copy=False (what ``schelix run`` uses) filters the input itself, with the same output."""
+    ref = pp.preprocess(base, batch_key="batch", n_top_genes=150)
+    own = base.copy()
+    out = pp.preprocess(own, batch_key="batch", n_top_genes=150, copy=False)
+    assert out is own and out.shape == ref.shape and out.n_obs < base.n_obs and out.n_vars == 590
+    assert out.obs_names.equals(ref.obs_names) and out.var.equals(ref.var)
+    np.testing.assert_array_equal(_dense(out.X), _dense(ref.X))
+    np.testing.assert_array_equal(_dense(out.layers["counts"]), _dense(ref.layers["counts"]))
+    rec, ref_rec = out.uns["schelix"]["preprocess"], ref.uns["schelix"]["preprocess"]
+    assert (rec["cells_before"], rec["genes_before"]) == (base.n_obs, base.n_vars)
+    assert rec["qc"]["per_batch"] == ref_rec["qc"]["per_batch"]
+
+
 def test_preprocess_on_lognormalized_only(base):
     a = base.copy()
     del a.layers["counts"]
