@@ -281,7 +281,8 @@ def preprocess(
     -------
     The preprocessed AnnData, see the module docstring.
     """
-    out = _detached(adata) if copy else adata
+    in_place = not copy and not (adata.is_view or adata.isbacked)  # a view or backed: copied
+    out = adata if in_place else _detached(adata)
     out = apply(out, detect(out))
     # counts: X holds the same values as layers["counts"]; QC and filter one matrix, not two
     counts = kind_of(out) == "counts"

@@ -211,6 +211,11 @@ def test_preprocess_in_place_gives_the_same_result(base):
     rec, ref_rec = out.uns["schelix"]["preprocess"], ref.uns["schelix"]["preprocess"]
     assert (rec["cells_before"], rec["genes_before"]) == (base.n_obs, base.n_vars)
     assert rec["qc"]["per_batch"] == ref_rec["qc"]["per_batch"]
+    before = base.copy()  # a view is copied, never written through to its parent
+    view = pp.preprocess(base[:400], batch_key="batch", n_top_genes=150, copy=False)
+    assert view.n_obs < 400 and not view.is_view
+    np.testing.assert_array_equal(_dense(base.X), _dense(before.X))
+    assert base.obs.columns.equals(before.obs.columns)
 
 
 def test_preprocess_on_lognormalized_only(base):
