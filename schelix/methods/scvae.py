@@ -123,7 +123,9 @@ def fit_scvae(
     defaults scored Overall 0.907 +- 0.013 on CellBench (PCA 0.877) and
     0.856 +- 0.068 on pbmc_3chem (PCA 0.826), 3 seeds, against 0.670 and 0.714
     for ``bm_at="sc"`` with a 400-epoch warm-up; either change alone stays
-    below PCA (benchmarks/EXPERIMENTS.md, issue 14, session 8).
+    below PCA (benchmarks/EXPERIMENTS.md, issue 14, session 8). With the
+    10-epoch update interval as well: 0.915 +- 0.016 and 0.864 +- 0.005
+    (session 9).
     ``sc_activation=True`` applies eq. (1)'s sigma (BatchNorm + ReLU) to the SC
     output *before* the eBM rather than after it (with ``bm_at="sc"``), and
     ``fc_after_sc=False`` drops the paper's "optional FC layer" after the SC
