@@ -168,11 +168,13 @@ def test_update_every_sets_how_often_connections_change(adata, monkeypatch):
         scvae_mod, "_update_connections", lambda *a, **k: (calls.append(1), real(*a, **k))
     )
     n_b = adata.obs["batch"].nunique()
-    for every, expected in ((1, 8), (3, 2)):  # 10 epochs, updates in the first 8
+    # updates only in the first 80 % of the epochs; the default interval is 10 epochs
+    for every, epochs, expected in ((1, 10, 8), (3, 10, 2), (None, 30, 2), (None, 10, 0)):
         calls.clear()
-        fit_scvae(adata[:120].copy(), batch_key="batch", epochs=10, n_hidden=16,
-                  device="cpu", update_every=every)  # fmt: skip
-        assert len(calls) == expected * n_b, (every, len(calls))
+        options = {} if every is None else {"update_every": every}
+        fit_scvae(adata[:120].copy(), batch_key="batch", epochs=epochs, n_hidden=16,
+                  device="cpu", **options)  # fmt: skip
+        assert len(calls) == expected * n_b, (every, epochs, len(calls))
 
 
 def test_bm_at_latent_moves_the_ebm_after_the_fc_layer():
