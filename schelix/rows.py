@@ -99,8 +99,8 @@ class ScaledRows:
 
     def _rows(self, idx: np.ndarray) -> np.ndarray:
         x = np.asarray(self.x[idx].toarray(), dtype=np.float32)
-        if self.cols is not None:
-            x = x[:, self.cols]
+        if self.cols is not None:  # take: C-ordered (x[:, cols] is F-ordered, 4x slower below)
+            x = x.take(self.cols, axis=1)
         x -= self.mean  # in place: the same float32 operations as clip((x - mean) / std, ...)
         x /= self.std
         np.clip(x, -10, 10, out=x)
