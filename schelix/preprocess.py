@@ -293,7 +293,7 @@ def preprocess(
     qc_metrics(out)  # fresh: columns from an earlier run may be stale
     out = filter_qc(
         out, batch_key=batch_key, qc=qc, min_genes=min_genes, min_cells=min_cells,
-        max_mito_pct=max_mito_pct, n_mads=n_mads, copy=copy,
+        max_mito_pct=max_mito_pct, n_mads=n_mads, copy=False,  # out is this call's own object
     )  # fmt: skip
     if counts:
         out.layers["counts"] = out.X  # normalize() writes X anew, from a copy
