@@ -77,7 +77,7 @@ with st.form("train_form"):
     steps = c1.number_input(
         "Training steps", 1, 100000, int(_default("max_steps", default_plan["steps"])),
         key="steps", help=HELP["max_steps"]["help"] + " The default is the schedule's for your "
-        "data (60 epochs, at least 1,000 steps or 250 epochs, at most 6,000). Fewer steps = "
+        "data (60 epochs, at least 1,000 steps or 250 epochs, at most 2,000). Fewer steps = "
         "faster, rougher result.",
     )  # fmt: skip
     warmup = c2.number_input(

@@ -123,9 +123,13 @@ class SCHelixConfig:
     mixup: bool = _f(True, "kNN MixUp augmentation during training.")
     mixup_k: int = _f(300, "Neighbours (PCA space) a cell is mixed with.")
     # --- schedule / optimiser ---
+    # The cap: 2,000 steps (was 6,000) measured on Kang, the one shared dataset it binds on
+    # (14k cells: 3,300 steps before), condition and donor tasks, 3 seeds each: the same mean
+    # Overall (benchmarks/EXPERIMENTS.md, "The step cap"); large data trains in a third of the
+    # time (benchmarks/SCALE_RESULTS.md, "Session 10").
     max_steps: int = _f(
-        6000,
-        "Upper bound on training steps (default: 6000 or 60 epochs, whichever is fewer).",
+        2000,
+        "Upper bound on training steps (default: 2000 or 60 epochs, whichever is fewer).",
         "training",
     )
     max_epochs: int = _f(60, "Upper bound on epochs.", "training")

@@ -5,11 +5,12 @@ batch-stratified sample of that many cells, drawn once and kept in ``obs["scheli
 (recorded in ``uns["schelix"]["display"]``), so the UMAP, the snapshots and the metrics all
 show the same cells. The embeddings themselves are always computed for every cell (``obsm``).
 
-Why 30,000: a UMAP of 30,000 points already shows every population a screen can show (a
-population of 0.1 % is still 30 points), and scib-metrics advises subsampling large sets for
+Why 20,000: a UMAP of 20,000 points already shows every population a screen can show (a
+population of 0.1 % is still 20 points), and scib-metrics advises subsampling large sets for
 its metrics; both grow faster than linearly in cells (kNN graphs, a 20-resolution Leiden
-sweep, silhouettes): measured, scoring 50,000 cells took about two minutes here. It is twice
-the largest shared dataset (14k cells), whose results are therefore unchanged.
+sweep, silhouettes): measured, scoring 50,000 cells took about two minutes here and 30,000
+cells 26 s. It is above the largest shared dataset (14k cells), whose results are therefore
+unchanged.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Up to :data:`schelix.sketch.SKETCH_CELLS` cells both are exact, on every cell, a
   (pynndescent) in the same PCA space. A pool of ``m`` cells holds about ``k * m / n`` of a
   cell's ``k`` nearest cells, so the neighbourhood has the same reach as ``mixup_k`` neighbours
   among all cells, and memory is 32 indices per cell. (A cell is drawn only a few times in a
-  run of 6,000 steps on large data, so 32 candidates lose nothing.)
+  run of 2,000 steps on large data, so 32 candidates lose nothing.)
 - MNN: mutual nearest neighbours across batches are found among the sketch cells (anchor-gene
   PCA, as on small data); every other cell takes the partners of its nearest sketch cell of
   its own batch.

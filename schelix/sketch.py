@@ -6,12 +6,14 @@ cell is placed by its nearest sketch cells in the scaled-HVG PCA (:func:`sketch_
 an approximate pynndescent index over the sketch: memory linear in cells). Below it nothing
 changes: every cell is used, exactly as before.
 
-Why 50,000: the shared datasets (at most 14k cells) are far below it, so their results are
-untouched; the scores are per-gene means and variances, whose sampling error over 50,000
-cells is negligible next to the between-gene spread the quadrant thresholds; and the Leiden
-clusters of a 50,000-cell kNN graph still resolve a population of 0.1 % (50 cells), finer than
-the gate's ``gate_min_cells`` of 20. Measured agreement with the full-data split:
-``benchmarks/SCALE_RESULTS.md``.
+Why 25,000 (50,000 until session 10): the shared datasets (at most 14k cells) are below it, so
+their results are untouched; the scores are per-gene means and variances, whose sampling error
+over 25,000 cells is small next to the between-gene spread the quadrant thresholds (a forced
+7,000-cell sketch of Kang already keeps 93 % of the anchor set, two seeds of the full data
+97 %); and the Leiden clusters of a 25,000-cell kNN graph still resolve a population of 0.1 %
+(25 cells), above the gate's ``gate_min_cells`` of 20. Halving it from 50,000 took 100k cells
+from 131 to 114 s end to end (``benchmarks/SCALE_RESULTS.md``, "Session 10"), where the
+measured agreement with the full-data split is too.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ __all__ = [
 ]
 
 #: Above this many cells the anchor scores and the gate's clusters use a sketch of this size.
-SKETCH_CELLS = 50_000
+SKETCH_CELLS = 25_000
 #: Above this many cells the display UMAPs, snapshots and metrics use a sample of this size.
-DISPLAY_CELLS = 30_000
+DISPLAY_CELLS = 20_000
 
 
 def stratified_sample(groups: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:

@@ -108,7 +108,7 @@ def schedule(n_cells: int, config: SCHelixConfig, max_steps: int | None = None) 
     """``(total_steps, warmup_steps)``.
 
     Total = min(max_steps, max(max_epochs epochs, floor)) with floor = min(min_steps,
-    min_steps_epochs epochs): large data stops at the step cap (6,000), small data gets
+    min_steps_epochs epochs): large data stops at the step cap (2,000), small data gets
     at least 1,000 steps or 250 epochs, whichever is fewer (300 cells: 500 steps; 1,000
     cells: 1,000). Warm-up = min(warmup_steps, total // 2) so that the fusion phase is
     never starved on small data.

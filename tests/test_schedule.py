@@ -16,8 +16,9 @@ from schelix.train import schedule
         (1_000, 1_000),  # the 1,000-step floor, not 60 epochs (240 steps)
         (2_000, 1_000),
         (5_000, 1_200),  # 60 epochs are more than the floor
-        (14_000, 3_300),
-        (100_000, 6_000),  # large data keeps the step cap
+        (8_000, 1_920),
+        (14_000, 2_000),  # the step cap (60 epochs would be 3,300)
+        (100_000, 2_000),
     ],
 )
 def test_schedule_floor_and_cap(n_cells, total):
