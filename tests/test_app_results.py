@@ -152,7 +152,7 @@ def test_a_blocked_page_keeps_its_title_and_sidebar(tmp_path: Path, monkeypatch)
 
 def test_training_progress_and_form_say_what_happens(ws: Workspace) -> None:
     train = ws.load_adata("train").uns["schelix"]["train"]
-    assert train["max_steps"] == train["steps"] == 20  # the steps planned, not the 6,000 cap
+    assert train["max_steps"] == train["steps"] == 20  # the steps planned, not the 2,000 cap
     at = _open(ws, "pages/train.py")  # a fresh session: the form shows the kept run's settings
     assert at.number_input(key="steps").value == 20 and at.radio(key="device").value == "CPU"
     assert at.number_input(key="batch_size").value == 64
