@@ -79,14 +79,8 @@ def _warm_up() -> None:
     small = schelix.pp.preprocess(small, batch_key="batch", min_genes=50)
     integrate(small, batch_key="batch", max_steps=2, batch_size=32, n_prototypes=4, mixup_k=10)
     stages.add_umaps(small, ["X_schelix"])
-    from schelix.sketch import sketch_neighbors
-
-    sketch_neighbors(np.random.default_rng(0).normal(size=(500, 5)), np.arange(500) < 300, 5)
-    from schelix.cell_graph import _neighbors
-
-    tiny = small[:300].copy()
-    tiny.obsm["X_schelix_pca"] = np.random.default_rng(0).normal(size=(300, 5)).astype(np.float32)
-    _neighbors(tiny, n_neighbors=15, seed=0, exact=False)  # the sketch's approximate graph
+    # the sketched path (its approximate kNN graph and the vote's index) compiles pynndescent
+    schelix.anchors.score_genes(small.copy(), batch_key="batch", sketch_cells=200)
 
 
 def run(path: Path, *, device: str, seed: int, max_steps: int | None) -> dict:
