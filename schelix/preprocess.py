@@ -186,6 +186,34 @@ def normalize(adata: ad.AnnData, *, target_sum: float = 1e4) -> None:
         )
 
 
+#: loess spans tried in turn by ``seurat_v3``: scanpy's default first; a small batch can make
+#: its loess fit near-singular (Kang's 272-cell donor at 0.3 and 0.4), which a wider span fixes
+HVG_SPANS = (0.3, 0.5, 1.0)
+
+
+def _seurat_v3(adata: ad.AnnData, *, batch_key: str, n_top_genes: int) -> tuple[float | None, str]:
+    """Run ``seurat_v3`` with the first span of :data:`HVG_SPANS` whose loess fits.
+
+    Returns the span used (``None`` when every span failed) and the last error message.
+    """
+    error = ""
+    for span in HVG_SPANS:
+        try:
+            sc.pp.highly_variable_genes(
+                adata,
+                flavor="seurat_v3",
+                layer="counts",
+                batch_key=batch_key,
+                n_top_genes=n_top_genes,
+                span=span,
+            )
+        except ValueError as e:  # loess fit failure in a degenerate batch
+            error = str(e)
+            continue
+        return span, error
+    return None, error
+
+
 def highly_variable(adata: ad.AnnData, *, batch_key: str, n_top_genes: int = 2000) -> None:
     """The shared, batch-aware HVG pool in ``var["highly_variable"]``.
 
@@ -216,15 +244,13 @@ def highly_variable(adata: ad.AnnData, *, batch_key: str, n_top_genes: int = 200
             f"for batch-aware HVGs (need {MIN_CELLS_PER_BATCH} cells each)",
             "remove or merge those batches (filter_qc with batch_key drops them for you)",
         )
+    span = None
     if flavor == "seurat_v3":
-        try:
-            sc.pp.highly_variable_genes(
-                adata, flavor="seurat_v3", layer="counts", batch_key=batch_key, n_top_genes=n
-            )
-        except ValueError as e:  # loess fit failure in a degenerate batch
+        span, error = _seurat_v3(adata, batch_key=batch_key, n_top_genes=n)
+        if span is None:
             flavor = "seurat"
             warnings.warn(
-                f"HVG flavor 'seurat_v3' failed ({e}); using 'seurat' on log data",
+                f"HVG flavor 'seurat_v3' failed ({error}); using 'seurat' on log data",
                 SchelixWarning,
                 stacklevel=2,
             )
@@ -234,6 +260,7 @@ def highly_variable(adata: ad.AnnData, *, batch_key: str, n_top_genes: int = 200
         rec.setdefault("notes", []).append(f"n_top_genes capped at the {n} genes available")
     rec.update(
         hvg_flavor=flavor,
+        hvg_span=span,
         n_top_genes=int(n_top_genes),
         n_hvg=int(adata.var["highly_variable"].sum()),
     )

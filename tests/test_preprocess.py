@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from conftest import shared_data
 import schelix.preprocess as pp
 from schelix import qc
 from schelix.datasets import DEMO_BATCH_KEY, DEMO_LABEL_KEY, demo, synthetic
-from schelix.errors import SchelixError
+from schelix.errors import SchelixError, SchelixWarning
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +243,28 @@ def test_tiny_batch_rejected_by_highly_variable(base):
     pp.normalize(a)
     with pytest.raises(SchelixError, match=r"'tiny' \(3 cells\)"):
         pp.highly_variable(a, batch_key="batch")
+
+
+def test_seurat_v3_retries_a_wider_span_on_a_small_batch():
+    """Kang's 272-cell donor makes scanpy's loess near-singular at span 0.3: a wider span fits.
+
+    Before, this fell back to 'seurat' on log data for the whole file (every Kang donor run).
+    """
+    a = ad.read_h5ad(shared_data("kang_ifnb_pbmc.h5ad"))
+    a = a[a.obs["donor"].isin(["1039", "107"])].copy()  # 272 + 661 cells
+    raw = a.copy()
+    raw.layers["counts"] = raw.X.copy()
+    sc.pp.filter_genes(raw, min_cells=3)
+    with pytest.raises(ValueError):  # the failure this guards against is still scanpy's
+        sc.pp.highly_variable_genes(
+            raw, flavor="seurat_v3", layer="counts", batch_key="donor", n_top_genes=2000
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SchelixWarning)  # no fallback warning
+        out = pp.preprocess(a, batch_key="donor")
+    rec = out.uns["schelix"]["preprocess"]
+    assert rec["hvg_flavor"] == "seurat_v3" and rec["hvg_span"] == 0.5
+    assert out.var["highly_variable"].sum() == 2000
 
 
 def test_preprocess_pbmc_3chem():
