@@ -216,8 +216,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     # not ablations, presets. The default already runs without fused-phase self-training (S5),
     # so S5/S5.1/S5.2 equal it; "self_training" puts SPEC's KD and fused connectivity back on it.
     # "paper_spec" has SPEC §4's values for the six settings that the default changes (see
-    # latent_dim and n_prototypes); "scaffold_48d" is the session-3 default (anchor scaffold, self-training on,
-    # no MNN term), kept to compare against (benchmarks/EXPERIMENTS.md).
+    # latent_dim and n_prototypes); "scaffold_48d" is the session-3 default (anchor scaffold,
+    # self-training on, no MNN term, 24 prototypes), kept to compare against
+    # (benchmarks/EXPERIMENTS.md).
     "self_training": {"w_kd": 0.5, "w_conn_fused": 0.2},
     "paper_spec": {
         "latent_dim": 64,

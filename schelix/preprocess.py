@@ -217,10 +217,11 @@ def _seurat_v3(adata: ad.AnnData, *, batch_key: str, n_top_genes: int) -> tuple[
 def highly_variable(adata: ad.AnnData, *, batch_key: str, n_top_genes: int = 2000) -> None:
     """The shared, batch-aware HVG pool in ``var["highly_variable"]``.
 
-    ``seurat_v3`` on ``layers["counts"]`` with ``batch_key`` (needs scikit-misc);
-    without counts (or without scikit-misc) falls back to ``seurat`` on the
-    log-normalized ``X``, with a :class:`SchelixWarning`. ``n_top_genes`` is capped
-    at the number of genes.
+    ``seurat_v3`` on ``layers["counts"]`` with ``batch_key`` (needs scikit-misc); when its
+    loess fit fails on a batch, the wider spans of :data:`HVG_SPANS` are tried in turn (the
+    span used is recorded as ``hvg_span``). Without counts (or without scikit-misc, or when
+    every span fails) falls back to ``seurat`` on the log-normalized ``X``, with a
+    :class:`SchelixWarning`. ``n_top_genes`` is capped at the number of genes.
     """
     n = int(min(n_top_genes, adata.n_vars))
     rec = _record(adata)
