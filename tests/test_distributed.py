@@ -41,9 +41,13 @@ def _run(args: list[str], tmp_path, name: str) -> ad.AnnData:
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
 def test_two_process_ddp_matches_one_process(tmp_path):
     """Same data, same global batch (256 = 2 x 128), same steps: the weights stay identical on
-    both ranks, every cell is embedded once, and the result scores as the one-process run does
-    (Overall and cell-type ARI within 0.05: shards draw their own mini-batches, MixUp and MNN
-    partners, so the two runs agree in quality, not to the bit)."""
+    both ranks, every cell is embedded once, and DDP loses no quality against the one-process
+    run (Overall and cell-type ARI at least the one-process run's minus 0.05: shards draw their
+    own mini-batches, MixUp and MNN partners, so the runs agree in quality, not to the bit).
+    One-sided on purpose: at 150 steps on these 900 cells, one-process runs with seeds 0-2
+    already spread over 0.75-0.84 Overall and 0.82-0.94 ARI (48 prototypes; 0.75-0.77 and
+    0.82-0.91 with 24), so a DDP run, which draws its own mini-batches like another seed, may
+    land above the one-process seed; only landing below it says DDP lost something."""
     data = tmp_path / "cells.h5ad"
     schelix.datasets.synthetic(900, 400, seed=2).write_h5ad(data)
     one = _run([sys.executable, "-m", "schelix.cli", "run", str(data)], tmp_path, "one")
@@ -70,4 +74,4 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         }
     )
     for metric in ("Overall", "ARI"):
-        assert abs(scores["two"][metric] - scores["one"][metric]) <= 0.05
+        assert scores["two"][metric] >= scores["one"][metric] - 0.05
