@@ -191,27 +191,23 @@ def normalize(adata: ad.AnnData, *, target_sum: float = 1e4) -> None:
 HVG_SPANS = (0.3, 0.5, 1.0)
 
 
-def _seurat_v3(adata: ad.AnnData, *, batch_key: str, n_top_genes: int) -> tuple[float | None, str]:
+def _seurat_v3(adata: ad.AnnData, *, batch_key: str, n_top_genes: int) -> float:
     """Run ``seurat_v3`` with the first span of :data:`HVG_SPANS` whose loess fits.
 
-    Returns the span used (``None`` when every span failed) and the last error message.
+    Returns the span used; the widest span's ``ValueError`` propagates when none fits.
     """
-    error = ""
     for span in HVG_SPANS:
         try:
             sc.pp.highly_variable_genes(
-                adata,
-                flavor="seurat_v3",
-                layer="counts",
-                batch_key=batch_key,
-                n_top_genes=n_top_genes,
-                span=span,
-            )
-        except ValueError as e:  # loess fit failure in a degenerate batch
-            error = str(e)
-            continue
-        return span, error
-    return None, error
+                adata, flavor="seurat_v3", layer="counts", batch_key=batch_key,
+                n_top_genes=n_top_genes, span=span,
+            )  # fmt: skip
+        except ValueError:  # loess fit failure in a degenerate batch: try a wider span
+            if span == HVG_SPANS[-1]:
+                raise
+        else:
+            return span
+    raise ValueError("HVG_SPANS is empty")
 
 
 def highly_variable(adata: ad.AnnData, *, batch_key: str, n_top_genes: int = 2000) -> None:
@@ -247,11 +243,12 @@ def highly_variable(adata: ad.AnnData, *, batch_key: str, n_top_genes: int = 200
         )
     span = None
     if flavor == "seurat_v3":
-        span, error = _seurat_v3(adata, batch_key=batch_key, n_top_genes=n)
-        if span is None:
+        try:
+            span = _seurat_v3(adata, batch_key=batch_key, n_top_genes=n)
+        except ValueError as e:  # no span fits
             flavor = "seurat"
             warnings.warn(
-                f"HVG flavor 'seurat_v3' failed ({error}); using 'seurat' on log data",
+                f"HVG flavor 'seurat_v3' failed ({e}); using 'seurat' on log data",
                 SchelixWarning,
                 stacklevel=2,
             )

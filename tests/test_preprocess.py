@@ -267,6 +267,26 @@ def test_seurat_v3_retries_a_wider_span_on_a_small_batch():
     assert out.var["highly_variable"].sum() == 2000
 
 
+def test_seurat_fallback_when_no_span_fits(base, monkeypatch):
+    """Every span of HVG_SPANS tried, widest last; then 'seurat' on log data, with a warning."""
+    real, spans = sc.pp.highly_variable_genes, []
+
+    def loess_fails(adata, *, flavor="seurat", span=0.3, **kw):
+        if flavor == "seurat_v3":
+            spans.append(span)
+            raise ValueError("reciprocal condition number 1e-15")
+        return real(adata, flavor=flavor, **kw)
+
+    monkeypatch.setattr(sc.pp, "highly_variable_genes", loess_fails)
+    a = base.copy()
+    pp.normalize(a)
+    with pytest.warns(SchelixWarning, match="seurat_v3' failed .*reciprocal condition"):
+        pp.highly_variable(a, batch_key="batch", n_top_genes=100)
+    rec = a.uns["schelix"]["preprocess"]
+    assert spans == list(pp.HVG_SPANS) and rec["hvg_flavor"] == "seurat"
+    assert rec["hvg_span"] is None and a.var["highly_variable"].sum() == 100
+
+
 def test_preprocess_pbmc_3chem():
     a = ad.read_h5ad(shared_data("pbmc_3chem.h5ad"))  # three chemistries, V3 with more mito reads
     out = pp.preprocess(a, batch_key="tech")  # the defaults, as for any upload
