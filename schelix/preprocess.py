@@ -196,18 +196,21 @@ def _seurat_v3(adata: ad.AnnData, *, batch_key: str, n_top_genes: int) -> float:
 
     Returns the span used; the widest span's ``ValueError`` propagates when none fits.
     """
-    for span in HVG_SPANS:
+    *narrow, widest = HVG_SPANS
+
+    def fit(span: float) -> float:
+        sc.pp.highly_variable_genes(
+            adata, flavor="seurat_v3", layer="counts", batch_key=batch_key,
+            n_top_genes=n_top_genes, span=span,
+        )  # fmt: skip
+        return span
+
+    for span in narrow:
         try:
-            sc.pp.highly_variable_genes(
-                adata, flavor="seurat_v3", layer="counts", batch_key=batch_key,
-                n_top_genes=n_top_genes, span=span,
-            )  # fmt: skip
+            return fit(span)
         except ValueError:  # loess fit failure in a degenerate batch: try a wider span
-            if span == HVG_SPANS[-1]:
-                raise
-        else:
-            return span
-    raise ValueError("HVG_SPANS is empty")
+            continue
+    return fit(widest)
 
 
 def highly_variable(adata: ad.AnnData, *, batch_key: str, n_top_genes: int = 2000) -> None:
