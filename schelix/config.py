@@ -104,6 +104,25 @@ class SCHelixConfig:
         "Weight of the cross-batch MNN term: mutual nearest neighbours across batches in the anchor-gene "
         "PCA are pulled together in the variant embedding (1 - cosine). 0 = off.",
     )
+    # Anchor-guided within-batch triplets on the fused embedding (scCRAFT's dual-resolution
+    # triplet term, with negatives from the anchor genes' clusters; schelix/triplets.py). Off by
+    # default: on the four benchmark tasks it lifts CellBench (+0.020) and pbmc_3chem, leaves
+    # Kang level and the donor task 0.011 lower, but costs 300-cell data 0.03 and makes random
+    # anchors (ablation S1) nearly as good (benchmarks/EXPERIMENTS.md, "Issue 17, session 13").
+    w_triplet: float = _f(
+        0.0,
+        "Weight of the anchor-guided within-batch triplet term on the fused embedding (fusion "
+        "phase; more compact, better-mixed clusters on data of 1,000+ cells). 0 = off.",
+    )
+    triplet_margin: float = _f(
+        5.0, "Margin of the triplet term, in squared distance (scCRAFT's 5)."
+    )
+    triplet_coarse_resolution: float = _f(
+        0.1, "Leiden resolution of the anchor clusters that decide the triplets' negatives."
+    )
+    triplet_fine_resolution: float = _f(
+        7.0, "Leiden resolution of the within-batch clusters that decide the positives."
+    )
     mnn_k: int = _f(
         20, "Neighbours searched in each other batch when pairing cells for the MNN term."
     )

@@ -272,6 +272,17 @@ def prepare(
     if training and config.w_mnn_variant > 0:
         near = adata.obsm["schelix_sketch_neighbors"] if sketch is not None else None
         partners = nbrs.mnn(x_anc, batch, k=config.mnn_k, seed=seed, sketch=sketch, near=near)
+    triplets = None
+    if training and config.w_triplet > 0:
+        from schelix.triplets import triplet_clusters
+
+        triplets = torch.as_tensor(
+            triplet_clusters(
+                adata, x_anc, batch.astype(np.int64), seed=seed,
+                coarse_resolution=config.triplet_coarse_resolution,
+                fine_resolution=config.triplet_fine_resolution,
+            )
+        )  # fmt: skip
     data = TrainData(x_var, x_anc, torch.as_tensor(batch.astype(np.int64)), labels, neighbors,
-                     partners)  # fmt: skip
+                     partners, triplets)  # fmt: skip
     return data, meta

@@ -198,10 +198,13 @@ class SCHelix:
         return self
 
     def _ready_to_train(self, data: TrainData) -> bool:
-        """Whether ``data`` has the MixUp kNN and MNN partners this config trains with."""
+        """Whether ``data`` has the MixUp kNN, MNN partners and triplet clusters this config
+        trains with."""
         c = self.config
-        return (data.neighbors is not None or not c.mixup) and (
-            data.partners is not None or c.w_mnn_variant <= 0
+        return (
+            (data.neighbors is not None or not c.mixup)
+            and (data.partners is not None or c.w_mnn_variant <= 0)
+            and (data.triplet_clusters is not None or c.w_triplet <= 0)
         )
 
     @property

@@ -78,7 +78,7 @@ class Callback:
 @dataclass
 class TrainData:
     """Tensors a run reads: gated variant matrix, anchor matrix, batches, labels, MixUp kNN,
-    cross-batch MNN partners."""
+    cross-batch MNN partners, triplet clusters."""
 
     x_variant: torch.Tensor
     x_anchor: torch.Tensor
@@ -86,6 +86,8 @@ class TrainData:
     labels: torch.Tensor | None = None
     neighbors: torch.Tensor | None = None
     partners: torch.Tensor | None = None
+    #: ``(n_cells, 2)``: anchor cluster and fine within-batch cluster (:mod:`schelix.triplets`)
+    triplet_clusters: torch.Tensor | None = None
 
     @property
     def n_cells(self) -> int:
@@ -271,10 +273,12 @@ def fit(
                 has_partner = pp >= 0
                 x_partner = data.x_variant[pp[has_partner]].to(device)
                 has_partner = has_partner.to(device)
+            clusters = data.triplet_clusters
+            clusters = None if clusters is None else clusters[idx].to(device)
             total_loss, terms = module.losses(
                 xv.to(device), xi.to(device), data.batch[idx].to(device),
                 None if labels is None else labels.to(device), fuse=fuse, generator=gen,
-                x_partner=x_partner, has_partner=has_partner,
+                x_partner=x_partner, has_partner=has_partner, triplet_clusters=clusters,
             )  # fmt: skip
             opt.zero_grad(set_to_none=True)
             total_loss.backward()

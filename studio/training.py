@@ -49,6 +49,7 @@ TERM_NAMES = {
     "rec_fused": "Reconstruction from the fused embedding",
     "kd": "Distillation from the anchors (KD)",
     "conn_fused": "Connectivity, fused embedding",
+    "triplet": "Triplets within each batch (anchor-guided), fused embedding",
     "supervised": "Cell-type head (semi-supervised)",
 }
 

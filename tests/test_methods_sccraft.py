@@ -12,7 +12,7 @@ import torch
 from schelix.datasets import synthetic
 from schelix.errors import SchelixWarning
 from schelix.methods import get_method, run_method
-from schelix.methods.sccraft import _triplet, dual_resolution_clusters, sccraft
+from schelix.methods.sccraft import dual_resolution_clusters, sccraft
 
 torch.set_num_threads(1)
 SMALL = {"hidden": (128, 64), "n_latent": 16, "batch_size": 300}
@@ -48,22 +48,6 @@ def test_dual_resolution_clusters_nest_within_batches(adata):
     # every high-resolution cluster lies inside one low-resolution cluster
     assert (cl.groupby("high")["low"].nunique() == 1).all()
     assert cl["high"].nunique() > cl["low"].nunique() >= adata.obs["batch"].nunique()
-
-
-def test_triplet_loss_pulls_positives_and_stays_within_batch():
-    gen = torch.Generator().manual_seed(0)
-    batch = torch.tensor([0, 0, 0, 1, 1, 1])
-    low = torch.tensor([0, 0, 1, 2, 2, 3])
-    high = torch.tensor([0, 0, 1, 2, 2, 3])
-    # positives (0,1) and (3,4) far apart, negatives close: loss is positive
-    z = torch.tensor([[0.0], [10.0], [1.0], [0.0], [10.0], [1.0]])
-    assert float(_triplet(z, batch, low, high, 5.0, gen)) > 0
-    # positives together and negatives beyond the margin: no loss
-    z = torch.tensor([[0.0], [0.0], [10.0], [0.0], [0.0], [10.0]])
-    assert float(_triplet(z, batch, low, high, 5.0, gen)) == 0.0
-    # a cross-batch "negative" nearby is ignored: cells 0/1 have none in batch 0 besides 2
-    z = torch.tensor([[0.0], [0.0], [10.0], [0.1], [0.1], [10.0]])
-    assert float(_triplet(z, batch, low, high, 5.0, gen)) == 0.0
 
 
 def _asw(adata, emb):

@@ -22,6 +22,7 @@ from schelix.errors import SchelixError, SchelixWarning
 from schelix.methods.base import ProgressCallback, register
 from schelix.obs import require_column
 from schelix.preprocess import hvg_mask
+from schelix.triplets import triplet_loss, within_batch_clusters
 
 __all__ = ["dual_resolution_clusters", "sccraft"]
 
@@ -57,54 +58,16 @@ def dual_resolution_clusters(
     ``"high"``; codes are unique across batches.
     """
     X = _hvg_matrix(adata)
-    low, high = _cluster(
+    low, high = within_batch_clusters(
         X,
         adata.obs[batch_key].to_numpy(),
         low_resolution,
         high_resolution,
-        n_pcs,
-        n_neighbors,
-        seed,
+        n_pcs=n_pcs,
+        n_neighbors=n_neighbors,
+        seed=seed,
     )
     return pd.DataFrame({"low": low, "high": high}, index=adata.obs_names)
-
-
-def _cluster(
-    X: np.ndarray,
-    batches: np.ndarray,
-    low_resolution: float,
-    high_resolution: float,
-    n_pcs: int = 50,
-    n_neighbors: int = 15,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    import scanpy as sc
-
-    low = np.zeros(len(batches), dtype=np.int64)
-    high = np.zeros(len(batches), dtype=np.int64)
-    n_low = n_high = 0
-    opts = {"flavor": "igraph", "n_iterations": 2, "directed": False, "random_state": seed}
-    for b in pd.unique(batches):
-        idx = np.flatnonzero(batches == b)
-        if len(idx) < 10:  # too few cells to cluster: one cluster
-            low[idx], high[idx] = n_low, n_high
-            n_low, n_high = n_low + 1, n_high + 1
-            continue
-        sub = ad.AnnData(X[idx])
-        sc.pp.pca(sub, n_comps=min(n_pcs, len(idx) - 1, X.shape[1] - 1), random_state=seed)
-        sc.pp.neighbors(
-            sub, n_neighbors=min(n_neighbors, len(idx) - 1), method="gauss", random_state=seed
-        )
-        sc.tl.leiden(sub, resolution=low_resolution, key_added="low", **opts)
-        cats = list(sub.obs["low"].cat.categories)
-        sc.tl.leiden(
-            sub, resolution=high_resolution, restrict_to=("low", cats), key_added="high", **opts
-        )
-        lo = sub.obs["low"].cat.codes.to_numpy().astype(np.int64)
-        hi = sub.obs["high"].cat.codes.to_numpy().astype(np.int64)
-        low[idx], high[idx] = lo + n_low, hi + n_high
-        n_low, n_high = n_low + lo.max() + 1, n_high + hi.max() + 1
-    return low, high
 
 
 def _build(p: int, n_batches: int, n_latent: int, hidden: tuple[int, ...]):
@@ -166,31 +129,6 @@ def _nb_nll(x, mean, r):
         + x * (torch.log(mean + eps) - log_r_mu)
     )
     return -ll.mean()
-
-
-def _triplet(z, batch, low, high, margin: float, gen):
-    """Within-batch dual-resolution triplet loss on a mini-batch.
-
-    Reference: every cell; positive: a random other cell of the same batch and
-    the same high-resolution cluster; negative: a random cell of the same batch
-    in a different low-resolution cluster. Cells without both are skipped.
-    """
-    import torch
-
-    same_b = batch[:, None] == batch[None, :]
-    pos = same_b & (high[:, None] == high[None, :])
-    pos.fill_diagonal_(False)
-    neg = same_b & (low[:, None] != low[None, :])
-    ok = pos.any(1) & neg.any(1)
-    if not bool(ok.any()):
-        return z.sum() * 0.0
-    r = torch.rand(pos.shape, generator=gen, device=z.device)
-    p_idx = torch.where(pos, r, -1.0).argmax(1)[ok]
-    n_idx = torch.where(neg, r, -1.0).argmax(1)[ok]
-    za = z[ok]
-    d_pos = (za - z[p_idx]).pow(2).sum(1)
-    d_neg = (za - z[n_idx]).pow(2).sum(1)
-    return torch.relu(d_pos - d_neg + margin).mean()
 
 
 @register("sccraft", label="scCRAFT", uses_gpu=True)
@@ -263,7 +201,7 @@ def sccraft(
     X_np = _hvg_matrix(adata)
     codes = pd.Categorical(adata.obs[batch_key]).codes.astype(np.int64)
     n_b = int(codes.max()) + 1
-    low, high = _cluster(X_np, codes, low_resolution, high_resolution, seed=seed)
+    low, high = within_batch_clusters(X_np, codes, low_resolution, high_resolution, seed=seed)
     X = torch.from_numpy(X_np).to(dev)
     b_t = torch.from_numpy(codes).to(dev)
     low_t, high_t = torch.from_numpy(low).to(dev), torch.from_numpy(high).to(dev)
@@ -299,7 +237,9 @@ def sccraft(
             cos = (1 - F.cosine_similarity(x, mean, dim=1, eps=1e-8)).mean()
             loss = _nb_nll(x, mean, r) + kl_coef * kl + lambda_cos * cos
             if lambda_t > 0:
-                loss = loss + lambda_t * _triplet(z, b, low_t[idx_t], high_t[idx_t], margin, gen)
+                loss = loss + lambda_t * triplet_loss(
+                    z, b, low_t[idx_t], high_t[idx_t], margin, gen
+                )
             if adversarial:
                 loss = loss - lambda_d * F.cross_entropy(disc(z), b)
             opt_eg.zero_grad()

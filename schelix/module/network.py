@@ -16,6 +16,7 @@ from schelix.module.losses import (
     reconstruction_loss,
 )
 from schelix.module.streams import Decoder, DiffusionEncoder, LinearEncoder
+from schelix.triplets import triplet_loss
 
 __all__ = ["SCHelixModule", "STAGES", "LOSS_TERMS"]
 
@@ -24,7 +25,7 @@ STAGES = ("variant", "variant_aligned", "anchor", "anchor_refined", "fused")
 #: Every loss term a step can report (warm-up terms first); "total" is their weighted sum.
 LOSS_TERMS = (
     "rec_variant", "rec_anchor", "align", "conn_variant", "conn_anchor",
-    "mnn_variant", "rec_fused", "kd", "conn_fused", "supervised",
+    "mnn_variant", "rec_fused", "kd", "conn_fused", "triplet", "supervised",
 )  # fmt: skip
 
 
@@ -106,12 +107,15 @@ class SCHelixModule(nn.Module):
         generator: torch.Generator | None = None,
         x_partner: torch.Tensor | None = None,
         has_partner: torch.Tensor | None = None,
+        triplet_clusters: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(total, terms)`` of one training step (paper Eq. 9 + I_fuse * Eq. 10).
 
         ``x_partner`` holds the variant inputs of one cross-batch MNN partner for each cell
         where ``has_partner`` is true (:func:`schelix.neighbors.mnn_partners`); with them the
         ``mnn_variant`` term ``1 - cos(h_var(i), h_var(partner))`` is added.
+        ``triplet_clusters`` (``(n, 2)``: anchor cluster, fine within-batch cluster;
+        :mod:`schelix.triplets`) adds the ``triplet`` term on the fused embedding.
         """
         c = self.config
         out = self.forward(x_var, x_inv, fuse=fuse)
@@ -147,6 +151,12 @@ class SCHelixModule(nn.Module):
             )  # fmt: skip
             terms["conn_fused"] = connectivity_loss(self.prototypes.logits(fused, t), target)
             weights.update(rec_fused=c.w_rec_fused, kd=c.w_kd, conn_fused=c.w_conn_fused)
+            if triplet_clusters is not None and c.w_triplet > 0:
+                anchor, fine = triplet_clusters.unbind(1)
+                terms["triplet"] = triplet_loss(
+                    fused, batch, anchor, fine, c.triplet_margin, generator
+                )
+                weights["triplet"] = c.w_triplet
             if self.classifier is not None and labels is not None:
                 known = labels >= 0
                 if bool(known.any()):
