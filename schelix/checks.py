@@ -64,6 +64,9 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "mnn_k": (1, math.inf, True),
     "gate_min_cells": (1, math.inf, True),
     "snapshot_every": (0, math.inf, True),
+    "triplet_margin": (0.0, math.inf, True),
+    "triplet_coarse_resolution": (0.0, math.inf, False),
+    "triplet_fine_resolution": (0.0, math.inf, False),
 }
 
 

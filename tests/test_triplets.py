@@ -52,6 +52,15 @@ def test_no_negative_where_the_anchor_cluster_is_shared():
     assert float(triplet_loss(z, batch, split_anchor, pos, 5.0, gen)) > 0
 
 
+@pytest.mark.parametrize(
+    "setting", [{"w_triplet": -1.0}, {"triplet_margin": -1.0}, {"triplet_coarse_resolution": 0.0}]
+)
+def test_bad_triplet_settings_name_the_setting(setting):
+    name = next(iter(setting))
+    with pytest.raises(schelix.SchelixError, match=name):
+        schelix.SCHelixConfig(**setting)
+
+
 def test_anchor_clusters_follow_the_anchor_space():
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 6, (3, 40))
