@@ -107,8 +107,9 @@ class SCHelixConfig:
     # Anchor-guided within-batch triplets on the fused embedding (scCRAFT's dual-resolution
     # triplet term, with negatives from the anchor genes' clusters; schelix/triplets.py). Off by
     # default: on the four benchmark tasks it lifts CellBench (+0.020) and pbmc_3chem, leaves
-    # Kang level and the donor task 0.011 lower, but costs 300-cell data 0.03 and makes random
-    # anchors (ablation S1) nearly as good (benchmarks/EXPERIMENTS.md, "Issue 17, session 13").
+    # Kang level and the donor task 0.011 lower, but costs 300-cell data 0.03-0.045, makes random
+    # anchors (ablation S1) nearly as good and adds ~40 s before training on Kang
+    # (benchmarks/EXPERIMENTS.md, "Issue 17, session 13").
     w_triplet: float = _f(
         0.0,
         "Weight of the anchor-guided within-batch triplet term on the fused embedding (fusion "
