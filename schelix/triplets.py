@@ -11,8 +11,8 @@ carry (stimulated against control cells inside one donor, T against NK cells at 
 coarse grain) is never pushed apart. With scCRAFT's own HVG clusters as negatives, Kang with
 the donor as the batch lost 0.02-0.05 (seed 0); with anchor clusters it stays within its seed
 spread. The term is off by default (``w_triplet = 0``): it lifts data of 1,000+ cells whose
-cell types are well apart (CellBench +0.020 over five seeds) but costs 300-cell data about
-0.03, and makes random anchors (ablation S1) nearly as good (``benchmarks/EXPERIMENTS.md``,
+cell types are well apart (CellBench +0.020 over five seeds) but costs 300-cell data
+0.03-0.045, and makes random anchors (ablation S1) nearly as good (``benchmarks/EXPERIMENTS.md``,
 "Issue 17, session 13").
 
 For every cell (:func:`triplet_clusters`):
@@ -24,7 +24,8 @@ For every cell (:func:`triplet_clusters`):
   (scCRAFT's nesting, :func:`within_batch_clusters`).
 
 Above :data:`schelix.sketch.SKETCH_CELLS` cells both clusterings run on the sketch and every
-other cell takes the majority cluster of its nearest sketch cells (as the gate does).
+other cell takes the majority cluster of its nearest sketch cells (as the gate does); where
+that fine cluster belongs to another batch, the cell has no positive and draws no triplet.
 """
 
 from __future__ import annotations
@@ -127,8 +128,7 @@ def triplet_clusters(
         :func:`schelix.preprocess.hvg_mask`, and the sketch of :mod:`schelix.cell_graph` when
         the data are large).
     x_anchor
-        Rows of the scaled anchor matrix (``TrainData.x_anchor``: indexing with an integer
-        array or ``[:]`` gives a tensor or array).
+        The scaled anchor matrix (``TrainData.x_anchor``: indexing rows gives a tensor).
     batch
         Integer batch code of every cell.
     coarse_resolution, fine_resolution
@@ -141,19 +141,11 @@ def triplet_clusters(
     from schelix.sketch import sketch_mask, vote
 
     sk = sketch_mask(adata)
-    rows = np.flatnonzero(sk) if sk is not None else np.arange(adata.n_obs)
-    x_anc = x_anchor[rows] if sk is not None else x_anchor[:]
-    x_anc = x_anc.numpy() if hasattr(x_anc, "numpy") else np.asarray(x_anc)
-    anchor = anchor_clusters(x_anc, resolution=coarse_resolution, seed=seed)
-    x = adata.X[rows] if sk is not None else adata.X  # rows first: no copy of every cell
-    hvg = x[:, hvg_mask(adata)]
-    hvg = sp.csr_matrix(hvg) if sp.issparse(hvg) else np.asarray(hvg)
+    rows = slice(None) if sk is None else np.flatnonzero(sk)
+    anchor = anchor_clusters(x_anchor[rows].numpy(), resolution=coarse_resolution, seed=seed)
+    x = adata.X if sk is None else adata.X[rows]  # rows first: no copy of every cell
     _, fine = within_batch_clusters(
-        hvg,
-        batch[rows],
-        coarse_resolution,
-        fine_resolution,
-        seed=seed,
+        x[:, hvg_mask(adata)], batch[rows], coarse_resolution, fine_resolution, seed=seed
     )
     codes = np.stack([anchor, fine], axis=1)
     if sk is None:
