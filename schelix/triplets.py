@@ -8,9 +8,9 @@ clusters that decide the negatives come from the batch-stable anchor genes**, cl
 all cells at once, rather than from each batch's own HVGs. A group counts as different
 biology only where the anchors separate it, so a within-batch split that the anchors do not
 carry (stimulated against control cells inside one donor, T against NK cells at a label's
-coarse grain) is never pushed apart. With scCRAFT's own HVG clusters as negatives, Kang with
-the donor as the batch lost 0.02-0.05 (seed 0); with anchor clusters it stays within its seed
-spread. The term is off by default (``w_triplet = 0``): it lifts data of 1,000+ cells whose
+coarse grain) is never pushed apart. With scCRAFT's own HVG clusters as negatives (weight 1),
+Kang with the donor as the batch lost 0.02-0.05 (seed 0); with anchor clusters it stays within
+its seed spread. The term is off by default (``w_triplet = 0``): it lifts data of 1,000+ cells whose
 cell types are well apart (CellBench +0.020 over five seeds) but costs 300-cell data
 0.03-0.045, and makes random anchors (ablation S1) nearly as good (``benchmarks/EXPERIMENTS.md``,
 "Issue 17, session 13").
