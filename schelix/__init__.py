@@ -30,6 +30,7 @@ _LAZY = {
     "gate": "schelix.gate",
     "datasets": "schelix.datasets",
     "evaluate": "schelix.evaluate",
+    "batch_mixing": "schelix.batch_mixing",
     "methods": "schelix.methods",
     "train": "schelix.train",
     "pipeline": "schelix.pipeline",
