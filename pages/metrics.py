@@ -99,6 +99,15 @@ if "scib_metrics" in tables:
     st.caption("One row per metric, one column per method (fits the page).")
     st.dataframe(tables["scib_metrics"].T.round(3), width="stretch")
     st.plotly_chart(plots.metrics_chart(tables["scib_metrics"]), key="scib_chart")
+if "batch_mixing" in tables:
+    with st.expander("Batch mixing per cell type: which types keep their batches apart"):
+        st.caption(
+            "scIB's batch silhouette inside each cell type (1 = batches fully mixed); the mean "
+            "column is ASW_batch above. A low value for one type points at where the batches "
+            "still differ (or at biology confounded with the batch)."
+        )
+        st.dataframe(tables["batch_mixing"].round(3), width="stretch")
+        st.plotly_chart(plots.metrics_chart(tables["batch_mixing"]), key="mixing_chart")
 if tables and ws.has_adata("metrics"):
     adata = ui.load(ws, "metrics")
     if sampled := display.note(adata):

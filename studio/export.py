@@ -73,7 +73,9 @@ def read_metrics(folder: str | Path) -> dict[str, pd.DataFrame]:
     """The metrics job's tables, one row per method (index = display name).
 
     ``"metrics"``: the paper's scores (or the label-free score) from ``scores.csv``;
-    ``"scib_metrics"``: the scib-metrics table from ``scib.csv`` (wide), when present.
+    ``"scib_metrics"``: the scib-metrics table from ``scib.csv`` (wide), when present;
+    ``"batch_mixing"``: scIB's batch silhouette per cell type (columns; ``mean`` = ASW_batch)
+    from ``mixing.csv`` (:func:`schelix.batch_mixing.batch_mixing_by_label`), when present.
     """
     folder = Path(folder)
     out: dict[str, pd.DataFrame] = {}
@@ -86,6 +88,10 @@ def read_metrics(folder: str | Path) -> dict[str, pd.DataFrame]:
         wide = tidy.pivot_table(index="embedding", columns="metric", values="value", sort=False)
         wide.index = [method_label(k) for k in wide.index]
         out["scib_metrics"] = wide
+    if (folder / "mixing.csv").is_file():
+        mixing = pd.read_csv(folder / "mixing.csv", index_col=0)
+        mixing.index = [method_label(k) for k in mixing.index]
+        out["batch_mixing"] = mixing
     return out
 
 

@@ -22,9 +22,15 @@ import pandas as pd
 
 from schelix.config import SCHelixConfig
 
-__all__ = ["build", "command", "verdict"]
+__all__ = ["TABLE_TITLES", "build", "command", "verdict"]
 
 _BASELINE = "Unintegrated (PCA)"
+#: Heading of each metrics table (:func:`studio.export.read_metrics`) in the report.
+TABLE_TITLES = {
+    "metrics": "Paper scores",
+    "scib_metrics": "scib-metrics benchmark",
+    "batch_mixing": "Batch mixing per cell type (scIB's 1 − |batch silhouette|; mean = ASW_batch)",
+}
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.9em;margin:.5em 0}td,th{border:1px solid #ddd;
@@ -216,7 +222,7 @@ def build(
             parts.append(_img(figures[key], key))
     parts.append("<h2>Metrics beside the peers</h2>")
     for tname, df in tables.items():
-        parts.append(_p("scib-metrics benchmark" if tname == "scib_metrics" else "Paper scores"))
+        parts.append(_p(TABLE_TITLES.get(tname, tname)))
         parts.append(_table(df.select_dtypes("number")))
         if f"{tname}_chart" in figures:
             parts.append(_img(figures[f"{tname}_chart"], f"{tname} chart"))

@@ -95,7 +95,9 @@ def train_task(ctx: JobContext) -> str:
 @task("metrics")
 def metrics_task(ctx: JobContext) -> str:
     """Run the chosen peer methods, then score every embedding; save ``metrics.h5ad`` + CSVs."""
-    from schelix import benchmarker, evaluate, stages
+    from schelix import benchmarker, display, evaluate, stages
+    from schelix.batch_mixing import batch_mixing_by_label
+    from schelix.errors import SchelixError
     from schelix.methods import get_method, run_method
 
     p, ws = ctx.params, _workspace(ctx)
@@ -129,11 +131,23 @@ def metrics_task(ctx: JobContext) -> str:
     table = evaluate.evaluate(adata, keys, batch_key=batch_key, label_key=label_key, seed=seed)
     table.to_csv(out / "scores.csv", index=False)
     (out / "scib.csv").unlink(missing_ok=True)
+    (out / "mixing.csv").unlink(missing_ok=True)
     if label_key:
         ctx.progress(message="scib-metrics benchmark")
         benchmarker.scib_benchmark(
             adata, keys, batch_key=batch_key, label_key=label_key, seed=seed
         ).to_csv(out / "scib.csv", index=False)
+        ctx.progress(message="batch mixing per cell type")
+        rows = display.sample(adata, batch_key=batch_key)  # the cells evaluate() scored
+        try:
+            mixing = batch_mixing_by_label(
+                adata if rows is None else adata[rows],
+                keys, batch_key=batch_key, label_key=label_key, seed=seed,
+            )  # fmt: skip
+        except SchelixError:  # no cell type in 2+ batches: nothing to break down
+            mixing = None
+        if mixing is not None:  # one row per method, one column per cell type (+ mean)
+            mixing[keys].T.rename_axis("embedding").to_csv(out / "mixing.csv")
     ctx.check_cancel()
     ctx.progress(message="UMAPs of the peers (batch mixing view)")
     stages.add_umaps(adata, keys[1:], seed=seed)

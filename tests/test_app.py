@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))  # the pages import `studio` and `schelix` as Stre
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from schelix import datasets  # noqa: E402
-from studio import jobs  # noqa: E402
+from studio import export, jobs  # noqa: E402
 from studio.workspace import Workspace  # noqa: E402
 
 TIMEOUT = 300
@@ -136,6 +136,14 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
     _ok(at.run())
     frames = at.dataframe
     assert len(frames) >= 2 and ws.status("metrics") == "done"
+    tables = export.read_metrics(ws.subdir("metrics"))
+    mixing, scores = tables["batch_mixing"], tables["metrics"]
+    assert set(mixing.index) == {"scHelix", "Unintegrated (PCA)", "Harmony"}
+    assert "mean" in mixing.columns and len(mixing.columns) >= 3  # 2+ cell types and the mean
+    np.testing.assert_allclose(  # the per-type breakdown averages to the paper's ASW_batch
+        mixing["mean"], scores.loc[mixing.index, "ASW_batch"], rtol=1e-4
+    )
+    assert at.get("plotly_chart") and any("per cell type" in e.label for e in at.expander)
 
     # Export, then re-read the file
     _page(at, "pages/export.py")
@@ -157,6 +165,7 @@ def test_demo_end_to_end(workspace_root: Path) -> None:
         "variant_genes.csv",
         "metrics.csv",
         "scib_metrics.csv",
+        "batch_mixing.csv",
         "model.zip",
         "figures/anchor_quadrant.png",
         "figures/loss_curves.svg",
