@@ -335,7 +335,8 @@ def metrics_chart(table: pd.DataFrame, *, metrics: Sequence[str] | None = None) 
         barmode="group",
         height=380,
         yaxis_title="score (higher is better)",
-        margin={"t": 30, "b": 10, "l": 10, "r": 10},
-        legend={"orientation": "h"},
+        margin={"t": 50, "b": 10, "l": 10, "r": 10},
+        # above the plot: below it the legend covers long, slanted group names
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
     )
     return fig

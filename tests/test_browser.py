@@ -151,6 +151,12 @@ def test_full_workflow_in_a_browser(server: str, page, tmp_path: Path) -> None:
     page.get_by_role("button", name="Run and score").click()
     page.get_by_role("heading", name="scib-metrics benchmark").wait_for(timeout=LONG)
     _shot(page, "07_metrics")
+    page.get_by_text("Batch mixing per cell type").click()  # the per-type breakdown opens
+    page.get_by_text("1 = batches fully mixed").wait_for(timeout=LONG)
+    box = page.locator('[data-testid="stExpander"]', has_text="Batch mixing per cell type")
+    box.locator(".js-plotly-plot").wait_for(timeout=LONG)
+    box.scroll_into_view_if_needed()
+    box.screenshot(path=str(ARTIFACTS / "07b_metrics_mixing.png"))  # below the page's fold
 
     _goto(page, server, "Export", ws, "Export")
     page.get_by_role("button", name="Prepare the export files").click()
