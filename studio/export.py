@@ -124,6 +124,7 @@ def to_matplotlib(fig: Any) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.text
 
     pairs = _axis_pairs(fig)
     ncols = min(3, len(pairs))
@@ -191,6 +192,8 @@ def to_matplotlib(fig: Any) -> Any:
     first.set_ylabel(fig.layout.yaxis.title.text or "")
     if any(tr.showlegend is not False and tr.name for tr in fig.data) and len(fig.data) <= 30:
         first.legend(fontsize=7, markerscale=3, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for text in mfig.findobj(matplotlib.text.Text):  # names from the data are plain text: a
+        text.set_parse_math(False)  # cell type "a$^{$b" is not TeX (and would not parse)
     mfig.tight_layout()
     return mfig
 

@@ -145,8 +145,8 @@ def metrics_task(ctx: JobContext) -> str:
                 keys, batch_key=batch_key, label_key=label_key, seed=seed,
             )  # fmt: skip
         except SchelixError:  # no cell type in 2+ batches: nothing to break down
-            mixing = None
-        if mixing is not None:  # one row per method, one column per cell type (+ mean)
+            pass
+        else:  # one row per method, one column per cell type (+ mean)
             mixing[keys].T.rename_axis("embedding").to_csv(out / "mixing.csv")
     ctx.check_cancel()
     ctx.progress(message="UMAPs of the peers (batch mixing view)")

@@ -155,3 +155,16 @@ def test_exported_metrics_chart_has_one_bar_per_method_and_metric(tmp_path: Path
     assert [t.get_text() for t in ax.get_legend().get_texts()] == list(table.index)
     export.write_figure(plots.metrics_chart(table), tmp_path, "m")
     assert (tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_names_with_dollar_signs_are_drawn_as_text(tmp_path: Path) -> None:
+    """Cell types and methods come from the user's file: "$" in them is not TeX (nor an error)."""
+    table = pd.DataFrame({"a$^{$b": [0.9, 0.8], "mean": [0.8, 0.7]}, index=["x$_1$", "Harmony"])
+    for fig in (
+        plots.metrics_chart(table),
+        plots.embeddings({"m": np.zeros((4, 2))}, pd.Series(["a$^{$b", "a$^{$b", "$x$", "$x$"])),
+    ):
+        mfig = export.to_matplotlib(fig)
+        mfig.savefig(tmp_path / "f.png")  # raised ParseSyntaxException before
+    ax = export.to_matplotlib(plots.metrics_chart(table)).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a$^{$b", "mean"]
