@@ -55,11 +55,9 @@ def batch_mixing_by_label(
     batch, labels = _obs(adata, batch_key, "Batch"), _obs(adata, label_key, "Label")
     keep = label_mask(labels)
     batch, labels = batch[keep], labels[keep]
-    types = [
-        t
-        for t in np.unique(labels)
-        if 1 < np.unique(batch[labels == t]).size < int((labels == t).sum())
-    ]
+    masks = {t: labels == t for t in np.unique(labels)}
+    n_batches = {t: np.unique(batch[m]).size for t, m in masks.items()}
+    types = [t for t, m in masks.items() if 1 < n_batches[t] < int(m.sum())]
     if not types:
         raise SchelixError(
             "No cell type occurs in 2 or more batches, so there is no batch mixing to measure",
@@ -71,14 +69,14 @@ def batch_mixing_by_label(
         table[key] = [
             float(
                 scib_metrics.silhouette_batch(
-                    x[labels == t], labels[labels == t], batch[labels == t], rescale=True
+                    x[masks[t]], labels[masks[t]], batch[masks[t]], rescale=True
                 )
             )
             for t in types
         ]
     df = pd.DataFrame(table, index=pd.Index(types, name=label_key))
-    df["n_cells"] = [int((labels == t).sum()) for t in types]
-    df["n_batches"] = [int(np.unique(batch[labels == t]).size) for t in types]
+    df["n_cells"] = [int(masks[t].sum()) for t in types]
+    df["n_batches"] = [int(n_batches[t]) for t in types]
     mean = df[list(keys)].mean().to_frame("mean").T
     mean["n_cells"], mean["n_batches"] = int(df["n_cells"].sum()), int(np.unique(batch).size)
     return pd.concat([df, mean])
