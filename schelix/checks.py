@@ -51,6 +51,7 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "graph_temperature": (0.0, math.inf, False),
     "conn_temperature": (0.0, math.inf, False),
     "refine_temperature": (0.0, math.inf, False),
+    "mnn_temperature": (0.0, math.inf, False),
     "latent_dim": (1, math.inf, True),
     "graph_dim": (1, math.inf, True),
     "refine_tokens": (1, math.inf, True),

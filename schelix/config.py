@@ -104,6 +104,16 @@ class SCHelixConfig:
         "Weight of the cross-batch MNN term: mutual nearest neighbours across batches in the anchor-gene "
         "PCA are pulled together in the variant embedding (1 - cosine). 0 = off.",
     )
+    # Contrastive MNN pairs on the anchor stream (benchmarks/EXPERIMENTS.md, "Issue 17, sessions
+    # 17 and 18"). Off by default: with `latent_dim` 32 it lifts all four benchmark tasks (CellBench
+    # and Kang (donor) +0.010), but random anchors (ablation S1) then do as well as the real ones
+    # on CellBench and better on pbmc_3chem: the anchors would no longer matter.
+    w_mnn_anchor: float = _f(
+        0.0,
+        "Weight of the contrastive cross-batch MNN term on the anchor stream: InfoNCE making each "
+        "cell's MNN partner its nearest among the mini-batch's partners. 0 = off.",
+    )
+    mnn_temperature: float = _f(0.2, "Temperature of the contrastive MNN term (cosine / T).")
     # Anchor-guided within-batch triplets on the fused embedding (scCRAFT's dual-resolution
     # triplet term, with negatives from the anchor genes' clusters; schelix/triplets.py). Off by
     # default: on the four benchmark tasks it lifts CellBench (+0.020) and pbmc_3chem, leaves

@@ -264,7 +264,7 @@ def fit(
             pos += batch_size
             xv, xi, labels = _mix(data if config.mixup else plain, idx, gen)
             fuse = state.step >= warmup
-            x_partner = has_partner = None
+            x_partner = x_partner_anchor = has_partner = None
             if data.partners is not None:
                 pp = data.partners[idx]
                 pp = pp[
@@ -272,13 +272,16 @@ def fit(
                 ].long()
                 has_partner = pp >= 0
                 x_partner = data.x_variant[pp[has_partner]].to(device)
+                if config.w_mnn_anchor > 0:
+                    x_partner_anchor = data.x_anchor[pp[has_partner]].to(device)
                 has_partner = has_partner.to(device)
             clusters = data.triplet_clusters
             clusters = None if clusters is None else clusters[idx].to(device)
             total_loss, terms = module.losses(
                 xv.to(device), xi.to(device), data.batch[idx].to(device),
                 None if labels is None else labels.to(device), fuse=fuse, generator=gen,
-                x_partner=x_partner, has_partner=has_partner, triplet_clusters=clusters,
+                x_partner=x_partner, x_partner_anchor=x_partner_anchor, has_partner=has_partner,
+                triplet_clusters=clusters,
             )  # fmt: skip
             opt.zero_grad(set_to_none=True)
             total_loss.backward()

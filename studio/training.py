@@ -46,6 +46,7 @@ TERM_NAMES = {
     "conn_variant": "Connectivity, variant stream",
     "conn_anchor": "Connectivity, anchor stream",
     "mnn_variant": "Cross-batch neighbours (MNN), variant stream",
+    "mnn_anchor": "Cross-batch neighbours (MNN, contrastive), anchor stream",
     "rec_fused": "Reconstruction from the fused embedding",
     "kd": "Distillation from the anchors (KD)",
     "conn_fused": "Connectivity, fused embedding",

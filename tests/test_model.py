@@ -52,6 +52,10 @@ def test_cpu_training_is_repeatable_and_records_every_term(adata_split):
     assert a.device == "cpu"
     old = _model(adata_split.copy(), **ABLATIONS["scaffold_48d"]).train(max_steps=6, seed=5)
     assert "mnn_variant" not in old.history  # the preset without the MNN term
+    # the contrastive MNN term alone still gets its partners, and the curves record it
+    nce = _model(adata_split.copy(), w_mnn_variant=0.0, w_mnn_anchor=1.0).train(max_steps=6, seed=5)
+    assert nce.history["mnn_anchor"].notna().all() and "mnn_variant" not in nce.history
+    assert "mnn_anchor" not in hist  # off by default
 
 
 def test_callbacks_see_steps_snapshots_and_can_cancel(adata_split):

@@ -11,7 +11,7 @@ from schelix.module import LOSS_TERMS, STAGES, SCHelixModule
 from schelix.module.fusion import HyperFusion
 from schelix.module.graph import LearnableGeneGraph
 from schelix.module.interaction import Refiner
-from schelix.module.losses import TeacherPrototypes, distillation_loss
+from schelix.module.losses import TeacherPrototypes, distillation_loss, mnn_contrastive_loss
 from schelix.module.streams import DiffusionEncoder
 
 
@@ -158,3 +158,33 @@ def test_mnn_term_pulls_partners_and_is_recorded():
     assert terms["mnn_variant"].item() > 0.05 and "mnn_variant" in LOSS_TERMS
     _, terms = m.losses(xv, xi, batch, None, fuse=True)
     assert "mnn_variant" not in terms
+
+
+def test_mnn_contrastive_loss_rewards_each_partner_nearest():
+    torch.manual_seed(0)
+    h = torch.randn(16, 8)
+    paired = mnn_contrastive_loss(h, h + 0.01 * torch.randn(16, 8), temperature=0.2)
+    shuffled = mnn_contrastive_loss(h, h[torch.roll(torch.arange(16), 1)], temperature=0.2)
+    assert paired.item() < 0.5 < shuffled.item()  # chance is ln(16) = 2.8
+    sharper = mnn_contrastive_loss(h, h + 0.01 * torch.randn(16, 8), temperature=0.05)
+    assert sharper.item() < paired.item()
+
+
+def test_contrastive_mnn_term_on_the_anchor_stream_is_optional_and_recorded():
+    cfg = SCHelixConfig().replace(latent_dim=16, refine_tokens=4, n_prototypes=4)
+    assert cfg.w_mnn_anchor == 0.0  # off by default (the anchors must still matter: S1)
+    torch.manual_seed(0)
+    xv, xi, batch = torch.randn(12, 30), torch.randn(12, 20), torch.randint(0, 2, (12,))
+    has = torch.tensor([True, False] * 6)
+    kw = {"x_partner": xv[has], "x_partner_anchor": xi[has], "has_partner": has}
+    _, terms = SCHelixModule(30, 20, 2, 0, cfg).losses(xv, xi, batch, None, fuse=True, **kw)
+    assert "mnn_anchor" not in terms and "mnn_variant" in terms
+    m = SCHelixModule(30, 20, 2, 0, cfg.replace(w_mnn_anchor=1.0, w_mnn_variant=0.0))
+    _, terms = m.losses(xv, xi, batch, None, fuse=False, **kw)
+    assert "mnn_variant" not in terms and "mnn_anchor" in LOSS_TERMS
+    own = terms["mnn_anchor"]  # each cell its own partner: below chance, ln(6)
+    kw["x_partner_anchor"] = xi[has].flip(0)
+    _, terms = m.losses(xv, xi, batch, None, fuse=False, **kw)
+    assert own.item() < terms["mnn_anchor"].item() and own.item() < np.log(6)
+    own.backward()  # gradients reach the anchor encoder
+    assert any(p.grad is not None for p in m.enc_anchor.parameters())

@@ -94,6 +94,23 @@ def distillation_loss(
     return (w * kl).sum() / max(len(w), 1)
 
 
+def mnn_contrastive_loss(
+    h: torch.Tensor, h_partner: torch.Tensor, *, temperature: float
+) -> torch.Tensor:
+    """Symmetric InfoNCE over cross-batch MNN pairs.
+
+    Row ``i`` of ``h_partner`` is the embedding of cell ``i``'s partner. Each cell's partner
+    must be nearer to it (cosine / ``temperature``) than every other cell's partner in the
+    mini-batch, and each partner's cell nearer than every other cell: a pull that mixes the
+    batches locally, where ``1 - cos`` only moves the pair closer.
+    """
+    z = F.normalize(h, dim=1)
+    z_partner = F.normalize(h_partner, dim=1)
+    logits = z @ z_partner.T / temperature
+    target = torch.arange(len(z), device=z.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
 def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Mean squared reconstruction error."""
     return F.mse_loss(x_hat, x)

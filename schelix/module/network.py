@@ -13,6 +13,7 @@ from schelix.module.losses import (
     TeacherPrototypes,
     connectivity_loss,
     distillation_loss,
+    mnn_contrastive_loss,
     reconstruction_loss,
 )
 from schelix.module.streams import Decoder, DiffusionEncoder, LinearEncoder
@@ -25,7 +26,7 @@ STAGES = ("variant", "variant_aligned", "anchor", "anchor_refined", "fused")
 #: Every loss term a step can report (warm-up terms first); "total" is their weighted sum.
 LOSS_TERMS = (
     "rec_variant", "rec_anchor", "align", "conn_variant", "conn_anchor",
-    "mnn_variant", "rec_fused", "kd", "conn_fused", "triplet", "supervised",
+    "mnn_variant", "mnn_anchor", "rec_fused", "kd", "conn_fused", "triplet", "supervised",
 )  # fmt: skip
 
 
@@ -79,7 +80,8 @@ class SCHelixModule(nn.Module):
         """Every stage embedding of a batch of cells (``fuse=False`` stops after Align)."""
         w_var = self.enc_variant.effective_weight()
         h_var = self.enc_variant(x_var, w_var)
-        h_inv = self.enc_anchor(x_inv)
+        w_inv = self.enc_anchor.effective_weight()
+        h_inv = self.enc_anchor(x_inv, w_inv)
         p_s, align = self.aligner(h_var, h_inv)
         out = {
             "variant": h_var,
@@ -87,6 +89,7 @@ class SCHelixModule(nn.Module):
             "anchor": h_inv,
             "align": align,
             "w_var": w_var,
+            "w_inv": w_inv,
         }
         if fuse:
             # the variant details that Refine and HyperFusion read: aligned (denoised) or raw
@@ -106,6 +109,7 @@ class SCHelixModule(nn.Module):
         fuse: bool,
         generator: torch.Generator | None = None,
         x_partner: torch.Tensor | None = None,
+        x_partner_anchor: torch.Tensor | None = None,
         has_partner: torch.Tensor | None = None,
         triplet_clusters: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -113,7 +117,9 @@ class SCHelixModule(nn.Module):
 
         ``x_partner`` holds the variant inputs of one cross-batch MNN partner for each cell
         where ``has_partner`` is true (:func:`schelix.neighbors.mnn_partners`); with them the
-        ``mnn_variant`` term ``1 - cos(h_var(i), h_var(partner))`` is added.
+        ``mnn_variant`` term ``1 - cos(h_var(i), h_var(partner))`` is added; ``x_partner_anchor``
+        (the same partners' anchor inputs) adds the ``mnn_anchor`` term, InfoNCE over the pairs
+        in the anchor embedding (:func:`schelix.module.losses.mnn_contrastive_loss`).
         ``triplet_clusters`` (``(n, 2)``: anchor cluster, fine within-batch cluster;
         :mod:`schelix.triplets`) adds the ``triplet`` term on the fused embedding.
         """
@@ -136,11 +142,19 @@ class SCHelixModule(nn.Module):
         }  # fmt: skip
         # cross-batch MNN pairs (found in the batch-stable anchor space) pulled together in the
         # variant embedding: the variants keep their own biology but lose the batch shift
-        if x_partner is not None and has_partner is not None and bool(has_partner.any()):
+        paired = has_partner is not None and bool(has_partner.any())
+        if paired and x_partner is not None and c.w_mnn_variant > 0:
             h_p = self.enc_variant(x_partner, out["w_var"])
             cos = F.cosine_similarity(out["variant"][has_partner], h_p, dim=1)
             terms["mnn_variant"] = (1 - cos).mean()
             weights["mnn_variant"] = c.w_mnn_variant
+        # the same pairs made each other's nearest in the anchor embedding (contrastive)
+        if paired and x_partner_anchor is not None and c.w_mnn_anchor > 0:
+            h_pa = self.enc_anchor(x_partner_anchor, out["w_inv"])
+            terms["mnn_anchor"] = mnn_contrastive_loss(
+                out["anchor"][has_partner], h_pa, temperature=c.mnn_temperature
+            )
+            weights["mnn_anchor"] = c.w_mnn_anchor
         if fuse:
             x_full = torch.cat([x_var, x_inv], 1)
             fused = out["fused"]
