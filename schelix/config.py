@@ -212,6 +212,11 @@ class SCHelixConfig:
                     f"set {name} to a positive number",
                 )
 
+    @property
+    def uses_mnn_partners(self) -> bool:
+        """Whether training needs cross-batch MNN partners (either MNN term on)."""
+        return self.w_mnn_variant > 0 or self.w_mnn_anchor > 0
+
     def replace(self, **changes: Any) -> SCHelixConfig:
         """A copy with ``changes`` applied; unknown names raise :class:`SchelixError`."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

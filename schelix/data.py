@@ -269,7 +269,7 @@ def prepare(
             x = ScaledRows(_csr(adata, variants + anchors), mean, std)[:].numpy()
             pca = PCA(nbrs.MIXUP_DIMS, random_state=0).fit_transform(x)
         neighbors = nbrs.mixup(pca, config.mixup_k, sketch, batch, seed=seed)
-    if training and (config.w_mnn_variant > 0 or config.w_mnn_anchor > 0):
+    if training and config.uses_mnn_partners:
         near = adata.obsm["schelix_sketch_neighbors"] if sketch is not None else None
         partners = nbrs.mnn(x_anc, batch, k=config.mnn_k, seed=seed, sketch=sketch, near=near)
     triplets = None

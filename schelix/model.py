@@ -203,7 +203,7 @@ class SCHelix:
         c = self.config
         return (
             (data.neighbors is not None or not c.mixup)
-            and (data.partners is not None or max(c.w_mnn_variant, c.w_mnn_anchor) <= 0)
+            and (data.partners is not None or not c.uses_mnn_partners)
             and (data.triplet_clusters is not None or c.w_triplet <= 0)
         )
 

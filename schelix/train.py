@@ -271,7 +271,8 @@ def fit(
                     torch.arange(len(idx)), torch.randint(pp.shape[1], (len(idx),), generator=gen)
                 ].long()
                 has_partner = pp >= 0
-                x_partner = data.x_variant[pp[has_partner]].to(device)
+                if config.w_mnn_variant > 0:
+                    x_partner = data.x_variant[pp[has_partner]].to(device)
                 if config.w_mnn_anchor > 0:
                     x_partner_anchor = data.x_anchor[pp[has_partner]].to(device)
                 has_partner = has_partner.to(device)
