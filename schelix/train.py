@@ -271,10 +271,11 @@ def fit(
                     torch.arange(len(idx)), torch.randint(pp.shape[1], (len(idx),), generator=gen)
                 ].long()
                 has_partner = pp >= 0
+                rows = pp[has_partner]
                 if config.w_mnn_variant > 0:
-                    x_partner = data.x_variant[pp[has_partner]].to(device)
+                    x_partner = data.x_variant[rows].to(device)
                 if config.w_mnn_anchor > 0:
-                    x_partner_anchor = data.x_anchor[pp[has_partner]].to(device)
+                    x_partner_anchor = data.x_anchor[rows].to(device)
                 has_partner = has_partner.to(device)
             clusters = data.triplet_clusters
             clusters = None if clusters is None else clusters[idx].to(device)
