@@ -85,6 +85,19 @@ class SCHelixConfig:
     fusion_delta_scale: float = _f(
         2.0, "Residual scaling lambda_Delta of HyperFusion (paper: 0.6)."
     )
+    # Warm start (benchmarks/EXPERIMENTS.md, "Issue 17, session 21"): the idea of linear probing
+    # before fine-tuning (Kumar et al., ICLR 2022). Over the four benchmark tasks the mean Overall
+    # rose by 0.006 (pbmc_3chem and the donor task +0.010 over five seeds, none down); on 300
+    # cells, where the streams have formed no neighbourhoods by the switch, it cost up to 0.05,
+    # hence only from the step floor up (with the defaults, from about 770 cells).
+    fusion_warm_start: bool = _f(
+        True,
+        "Fit Refine, HyperFusion and the fused decoder during the warm-up, on the streams' "
+        "detached embeddings, so the fusion phase starts from a fitted fusion, not a random "
+        "one. Used when the run has at least min_steps steps; shorter runs (small data) and "
+        "False keep the paper's schedule.",
+        "training",
+    )
     # --- self-training (SPEC §4) ---
     # 48 (was 24): finer pseudo-labels for the connectivity loss. Over the four benchmark tasks
     # (3 seeds each) the mean Overall rose by 0.004, Leiden ARI rose on Kang and pbmc_3chem, and

@@ -122,6 +122,17 @@ def schedule(n_cells: int, config: SCHelixConfig, max_steps: int | None = None) 
     return total, min(config.warmup_steps, total // 2)
 
 
+def warm_starts_fusion(total: int, config: SCHelixConfig) -> bool:
+    """Whether the warm-up of a ``total``-step run also fits the fusion path (warm start).
+
+    Only ``config.fusion_warm_start`` runs of at least ``config.min_steps`` steps: on shorter
+    runs (the small-data schedule, below about 770 cells with the defaults) the streams are
+    still unstructured at the switch, and the large first gradients of a random fusion path
+    are what structures them (benchmarks/EXPERIMENTS.md, "Issue 17, session 21").
+    """
+    return config.fusion_warm_start and total >= config.min_steps
+
+
 def _mix(data: TrainData, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     xv, xi = data.x_variant[idx], data.x_anchor[idx]
     labels = data.labels[idx] if data.labels is not None else None
@@ -238,6 +249,7 @@ def fit(
     """
     state = state or TrainState()
     total, warmup = schedule(data.n_cells, config, max_steps)
+    warm_fusion = warm_starts_fusion(total, config)
     snap_every = config.snapshot_every or max(total // 10, 1)
     gen = torch.Generator().manual_seed(seed + state.step)
     torch.manual_seed(seed)
@@ -283,7 +295,7 @@ def fit(
                 xv.to(device), xi.to(device), data.batch[idx].to(device),
                 None if labels is None else labels.to(device), fuse=fuse, generator=gen,
                 x_partner=x_partner, x_partner_anchor=x_partner_anchor, has_partner=has_partner,
-                triplet_clusters=clusters,
+                triplet_clusters=clusters, warm_fusion=warm_fusion,
             )  # fmt: skip
             opt.zero_grad(set_to_none=True)
             total_loss.backward()

@@ -188,3 +188,24 @@ def test_contrastive_mnn_term_on_the_anchor_stream_is_optional_and_recorded():
     assert own.item() < terms["mnn_anchor"].item() and own.item() < np.log(6)
     own.backward()  # gradients reach the anchor encoder
     assert any(p.grad is not None for p in m.enc_anchor.parameters())
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_fusion_warm_start_fits_the_fusion_path_on_detached_streams(warm_start):
+    cfg = SCHelixConfig().replace(latent_dim=16, refine_tokens=4, n_prototypes=4)
+    torch.manual_seed(0)
+    m = SCHelixModule(30, 20, 2, 0, cfg)
+    xv, xi, batch = torch.randn(12, 30), torch.randn(12, 20), torch.randint(0, 2, (12,))
+    _, terms = m.losses(xv, xi, batch, None, fuse=False, warm_fusion=warm_start)  # warm-up
+    assert ("rec_fused" in terms) is warm_start
+    if not warm_start:
+        return
+    terms["rec_fused"].backward()  # the fused reconstruction alone
+    fusion_path = [*m.refiner.parameters(), *m.fusion.parameters(), *m.dec_fused.parameters()]
+    assert all(p.grad is not None for p in fusion_path)
+    streams = [*m.enc_variant.parameters(), *m.enc_anchor.parameters()]
+    assert all(p.grad is None for p in streams)  # detached: the streams learn only their own terms
+    m.zero_grad(set_to_none=True)
+    _, terms = m.losses(xv, xi, batch, None, fuse=True)  # the fusion phase: gradients flow on
+    terms["rec_fused"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.enc_variant.parameters())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schelix.config import SCHelixConfig
-from schelix.train import schedule
+from schelix.train import schedule, warm_starts_fusion
 
 
 @pytest.mark.parametrize(
@@ -30,3 +30,15 @@ def test_schedule_explicit_steps_and_settings():
     assert schedule(300, SCHelixConfig(), max_steps=40) == (40, 20)  # an explicit cap wins
     assert schedule(300, SCHelixConfig(min_steps=0))[0] == 120  # floor off: 60 epochs
     assert schedule(300, SCHelixConfig(min_steps_epochs=1000))[0] == 1000
+
+
+@pytest.mark.parametrize(
+    ("n_cells", "warm"),
+    [(300, False), (768, False), (769, True), (1_000, True), (14_000, True)],
+)
+def test_fusion_warm_start_only_from_the_step_floor_up(n_cells, warm):
+    cfg = SCHelixConfig()
+    assert warm_starts_fusion(schedule(n_cells, cfg)[0], cfg) is warm
+    off = cfg.replace(fusion_warm_start=False)
+    assert not warm_starts_fusion(schedule(n_cells, off)[0], off)
+    assert not warm_starts_fusion(schedule(n_cells, cfg, max_steps=500)[0], cfg)  # a short run

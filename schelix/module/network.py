@@ -75,9 +75,11 @@ class SCHelixModule(nn.Module):
         self.n_batches = n_batches
 
     def forward(
-        self, x_var: torch.Tensor, x_inv: torch.Tensor, *, fuse: bool = True
-    ) -> dict[str, torch.Tensor]:
-        """Every stage embedding of a batch of cells (``fuse=False`` stops after Align)."""
+        self, x_var: torch.Tensor, x_inv: torch.Tensor, *, fuse: bool = True,
+        detach_streams: bool = False,
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Every stage embedding of a batch of cells (``fuse=False`` stops after Align;
+        ``detach_streams`` lets no gradient from Refine and Fuse reach the two streams)."""
         w_var = self.enc_variant.effective_weight()
         h_var = self.enc_variant(x_var, w_var)
         w_inv = self.enc_anchor.effective_weight()
@@ -94,6 +96,8 @@ class SCHelixModule(nn.Module):
         if fuse:
             # the variant details that Refine and HyperFusion read: aligned (denoised) or raw
             detail = self.aligned_norm(p_s) if self.config.refine_from_aligned else h_var
+            if detach_streams:
+                h_inv, detail = h_inv.detach(), detail.detach()
             h_ref, alpha = self.refiner(h_inv, detail)
             h_fused, gate = self.fusion(h_ref, detail)
             out.update(anchor_refined=h_ref, fused=h_fused, alpha=alpha, gate=gate)
@@ -112,6 +116,7 @@ class SCHelixModule(nn.Module):
         x_partner_anchor: torch.Tensor | None = None,
         has_partner: torch.Tensor | None = None,
         triplet_clusters: torch.Tensor | None = None,
+        warm_fusion: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(total, terms)`` of one training step (paper Eq. 9 + I_fuse * Eq. 10).
 
@@ -122,9 +127,13 @@ class SCHelixModule(nn.Module):
         in the anchor embedding (:func:`schelix.module.losses.mnn_contrastive_loss`).
         ``triplet_clusters`` (``(n, 2)``: anchor cluster, fine within-batch cluster;
         :mod:`schelix.triplets`) adds the ``triplet`` term on the fused embedding.
+        ``warm_fusion`` (warm-up steps only): Refine, HyperFusion and the fused decoder also
+        learn the fused reconstruction, from the streams' detached embeddings, so that the
+        fusion phase starts from a fitted fusion path (:func:`schelix.train.warm_starts_fusion`).
         """
         c = self.config
-        out = self.forward(x_var, x_inv, fuse=fuse)
+        warm_fit = warm_fusion and not fuse
+        out = self.forward(x_var, x_inv, fuse=fuse or warm_fit, detach_streams=warm_fit)
         onehot = F.one_hot(batch, self.n_batches).to(x_var.dtype)
         self.prototypes.update(out["anchor"], generator)
         target = self.prototypes.pseudo_labels(out["anchor"].detach())
@@ -155,16 +164,18 @@ class SCHelixModule(nn.Module):
                 out["anchor"][has_partner], h_pa, temperature=c.mnn_temperature
             )
             weights["mnn_anchor"] = c.w_mnn_anchor
-        if fuse:
+        if fuse or warm_fit:
             x_full = torch.cat([x_var, x_inv], 1)
+            terms["rec_fused"] = reconstruction_loss(self.dec_fused(out["fused"], onehot), x_full)
+            weights["rec_fused"] = c.w_rec_fused
+        if fuse:
             fused = out["fused"]
-            terms["rec_fused"] = reconstruction_loss(self.dec_fused(fused, onehot), x_full)
             terms["kd"] = distillation_loss(
                 self.prototypes.logits(out["anchor_refined"], t), self.prototypes.logits(fused, t),
                 threshold=c.kd_conf_threshold, power=c.kd_conf_power,
             )  # fmt: skip
             terms["conn_fused"] = connectivity_loss(self.prototypes.logits(fused, t), target)
-            weights.update(rec_fused=c.w_rec_fused, kd=c.w_kd, conn_fused=c.w_conn_fused)
+            weights.update(kd=c.w_kd, conn_fused=c.w_conn_fused)
             if triplet_clusters is not None and c.w_triplet > 0:
                 anchor, fine = triplet_clusters.unbind(1)
                 terms["triplet"] = triplet_loss(
