@@ -105,9 +105,11 @@ def write_results(
 
     ``uns["schelix"]["train"]`` records the steps the schedule really planned (``max_steps``,
     ``warmup_steps``; see :func:`schelix.train.schedule`), with the configured caps beside them
-    (``max_steps_cap``, ``warmup_steps_cap``): passing ``max_steps`` again repeats the run.
+    (``max_steps_cap``, ``warmup_steps_cap``): passing ``max_steps`` again repeats the run;
+    ``fusion_warm_started`` says whether the warm-up also fitted the fusion path
+    (:func:`schelix.train.warm_starts_fusion`).
     """
-    from schelix.train import schedule
+    from schelix.train import schedule, warm_starts_fusion
 
     adata = model.adata
     total, warmup = schedule(adata.n_obs, model.config, max_steps)
@@ -125,6 +127,7 @@ def write_results(
         "warmup_steps": int(warmup),
         "max_steps_cap": int(model.config.max_steps),
         "warmup_steps_cap": int(model.config.warmup_steps),
+        "fusion_warm_started": warm_starts_fusion(total, model.config),
         "key_added": key_added,
         "device": model.device or "cpu",
         "seed": int(model.seed or 0),

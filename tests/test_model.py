@@ -153,7 +153,16 @@ def test_integrate_writes_documented_slots(adata_split):
     assert train["steps"] == 20 and train["seed"] == 1 and train["device"] == "cpu"
     assert train["batch_size"] == 64 and list(train["snapshot_steps"]) == [10, 20]
     assert len(adata_split.uns["schelix"]["history"]["total"]) == 20
+    assert train["fusion_warm_started"] is False  # 20 steps: below the step floor
     assert set(adata_split.var["schelix_stream"].astype(str)) <= {"anchor", "variant", "unused"}
+
+
+def test_the_warm_start_is_recorded_and_fits_the_fused_reconstruction_in_the_warm_up(adata_split):
+    integrate(adata_split, batch_key="batch", max_steps=20, seed=1, min_steps=20, **FAST)
+    uns = adata_split.uns["schelix"]
+    assert uns["train"]["fusion_warm_started"] is True  # the run reaches the step floor
+    phase, rec_fused = uns["history"]["phase"], uns["history"]["rec_fused"]
+    assert (phase == "warmup").any() and np.isfinite(rec_fused[phase == "warmup"]).all()
 
 
 def test_semi_supervised_head_uses_only_labelled_cells(adata_split):
