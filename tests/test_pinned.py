@@ -3,8 +3,8 @@ commit 64b4965, before the 'one clean house' move, in the suite's set-up: one BL
 thread, see conftest.py; float sums depend on the thread count). Re-pinned deliberately in
 session 11 when the default ``n_prototypes`` became 48 (the old values reproduce with
 ``n_prototypes=24``). Session 21 added the fusion warm start (on from the step floor up): the
-first pin has 60 steps, below the floor, so it runs without it and is unchanged; the second
-sets ``min_steps=60`` and so pins the warm-start path.
+first pin turns it off explicitly (as its 60 steps, below the default floor, would) and is
+unchanged; the second turns it on with ``min_steps=60`` and so pins the warm-start path.
 
 Nothing here depends on ``preprocess()`` defaults or the default step schedule: the data are
 normalized by hand and every schedule setting is explicit.
@@ -33,7 +33,7 @@ PINNED_WARM_LAST = [-1.9156783819198608, 2.202404737472534, -1.5605270862579346,
 SCHEDULE = dict(max_steps=60, max_epochs=1000, warmup_steps=20, batch_size=64)
 
 
-def _fused_embedding(**settings: int) -> np.ndarray:
+def _fused_embedding(**settings: bool | int) -> np.ndarray:
     import scanpy as sc
 
     import schelix
@@ -52,7 +52,7 @@ def _fused_embedding(**settings: int) -> np.ndarray:
 
 
 def test_same_seed_same_cpu_embedding():
-    z = _fused_embedding()
+    z = _fused_embedding(fusion_warm_start=False)
     assert z.shape == (300, 16)
     np.testing.assert_allclose(z.sum(), PINNED_SUM, atol=1e-5)
     np.testing.assert_allclose(np.abs(z).sum(), PINNED_ABS_SUM, rtol=1e-6)
@@ -61,7 +61,7 @@ def test_same_seed_same_cpu_embedding():
 
 
 def test_same_seed_same_cpu_embedding_with_the_fusion_warm_start():
-    z = _fused_embedding(min_steps=60)  # the run reaches the step floor: warm start on
+    z = _fused_embedding(fusion_warm_start=True, min_steps=60)  # reaches the floor: warm start
     np.testing.assert_allclose(z.sum(), PINNED_WARM_SUM, atol=1e-5)
     np.testing.assert_allclose(np.abs(z).sum(), PINNED_WARM_ABS_SUM, rtol=1e-6)
     np.testing.assert_allclose(z[0, :4], PINNED_WARM_FIRST, atol=1e-5)
