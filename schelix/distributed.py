@@ -255,7 +255,9 @@ def integrate_distributed(
     full.seed, full.device, full.state = seed, dev, model.state
     full.state.snapshots = {model.state.step: everything["fused"]}
     full._latent = everything
-    write_results(full, seconds=time.perf_counter() - t0)
+    # the plan's steps, so that the record (steps, warm-up, warm start) is the run's, not the
+    # default schedule's
+    write_results(full, seconds=time.perf_counter() - t0, max_steps=plan["steps"])
     adata.uns["schelix"]["train"].update(world_size=world, weights_spread=spread)
     return full
 

@@ -57,6 +57,9 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     train = two.uns["schelix"]["train"]
     assert train["world_size"] == 2 and train["weights_spread"] == 0.0
     assert train["steps"] == STEPS == one.uns["schelix"]["train"]["steps"]
+    for key in ("max_steps", "warmup_steps", "fusion_warm_started"):  # the run's plan, recorded
+        assert train[key] == one.uns["schelix"]["train"][key], key
+    assert train["max_steps"] == STEPS and not train["fusion_warm_started"]  # below the floor
     assert (two.obs_names == one.obs_names).all()
     emb = two.obsm["X_schelix"]
     assert emb.shape == one.obsm["X_schelix"].shape and np.isfinite(emb).all()
