@@ -208,6 +208,9 @@ def embed_all(
 ) -> dict[str, np.ndarray]:
     """Every stage embedding of all cells (or of the cells ``rows``), in eval mode, ``chunk``
     cells at a time (only those are ever dense)."""
+    from schelix.device import limit_cpu_threads
+
+    limit_cpu_threads()
     was_training = module.training
     module.eval()
     parts: dict[str, list[np.ndarray]] = {s: [] for s in stages}
@@ -247,6 +250,9 @@ def fit(
     Snapshots embed the cells ``snapshot_rows`` only (the display sample,
     :func:`schelix.display.sample`; other rows NaN), all cells when ``None``.
     """
+    from schelix.device import limit_cpu_threads
+
+    limit_cpu_threads()
     state = state or TrainState()
     total, warmup = schedule(data.n_cells, config, max_steps)
     warm_fusion = warm_starts_fusion(total, config)
