@@ -33,6 +33,7 @@ import scipy.sparse as sp
 import torch
 
 from schelix import data as data_step
+from schelix.device import limit_cpu_threads
 from schelix.errors import SchelixError
 from schelix.mixing import MIX_STAGE
 from schelix.model import SCHelix
@@ -195,6 +196,7 @@ def adapt(
     q = torch.as_tensor(codes.astype(np.int64))
     module, dev = model.module, model.device or "cpu"
     pull = mixing.prepare(model, data, codes, stage=mix_stage) if mix else None
+    limit_cpu_threads()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     adapter = QueryAdapter(module, len(names), data.x_variant.shape[1], data.x_anchor.shape[1])

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from schelix.config import SCHelixConfig
+from schelix.device import limit_cpu_threads
 from schelix.module.network import STAGES, SCHelixModule
 
 __all__ = [
@@ -208,8 +209,6 @@ def embed_all(
 ) -> dict[str, np.ndarray]:
     """Every stage embedding of all cells (or of the cells ``rows``), in eval mode, ``chunk``
     cells at a time (only those are ever dense)."""
-    from schelix.device import limit_cpu_threads
-
     limit_cpu_threads()
     was_training = module.training
     module.eval()
@@ -250,8 +249,6 @@ def fit(
     Snapshots embed the cells ``snapshot_rows`` only (the display sample,
     :func:`schelix.display.sample`; other rows NaN), all cells when ``None``.
     """
-    from schelix.device import limit_cpu_threads
-
     limit_cpu_threads()
     state = state or TrainState()
     total, warmup = schedule(data.n_cells, config, max_steps)
