@@ -43,11 +43,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-# scanpy's QC runs numba ``prange``; numba's OpenMP layer then sets the shared OpenMP thread
-# count to every core, so torch runs 2 threads where OMP_NUM_THREADS said 1 (measured: a mapping
-# step 50x slower on the shared 2-core machine). Numba gets the same count, before its import.
-if "OMP_NUM_THREADS" in os.environ:
-    os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+# Imported before scanpy/numba: schelix holds numba and torch to OMP_NUM_THREADS (numba's OpenMP
+# layer otherwise resets the process to every core; measured: a mapping step 50x slower on the
+# shared 2-core machine; schelix.device.limit_cpu_threads).
+import schelix
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: file, batch column, label column, held-out batch (a data description, not a tuning flag)
 DATASETS = {
@@ -93,7 +93,6 @@ def _scores(ref_emb, query_emb, ref_labels, truth) -> dict:
 
 def _reference(raw, bkey, lkey, held, seed, cache: Path | None, tmp: str) -> tuple[Path, dict]:
     """The saved reference model (trained here, or read from ``cache``) and its training time."""
-    import schelix
     from schelix.pipeline import integrate
 
     folder = cache / f"{bkey}_{held}_s{seed}" if cache else Path(tmp) / "model"
@@ -131,7 +130,6 @@ def _schelix(raw, bkey, lkey, held, seed, *, mix: bool, cache: Path | None) -> d
 def _scvi(raw, bkey, lkey, held, seed) -> dict:
     import scvi
 
-    import schelix
     from schelix.methods.scvi import quiet
 
     ref = schelix.pp.preprocess(raw[raw.obs[bkey] != held].copy(), batch_key=bkey)
@@ -167,7 +165,6 @@ def _scvi(raw, bkey, lkey, held, seed) -> dict:
 
 
 def _retrain(raw, bkey, lkey, cache: Path | None) -> float:
-    import schelix
     from schelix.pipeline import integrate
 
     info = cache / f"{bkey}_retrain.json" if cache else None

@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Any
 
+from schelix.device import cpu_threads
 from schelix.errors import SchelixError, SchelixWarning
 
 __version__ = "0.1.0"
@@ -25,9 +26,8 @@ __version__ = "0.1.0"
 # numba's parallel loops (scanpy, UMAP, pynndescent) keep to the user's OpenMP limit: its OpenMP
 # layer otherwise starts one thread per core (and resets torch's count with it; see
 # schelix.device.limit_cpu_threads). Only before numba's import: numba refuses a change later.
-_omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-if _omp.isdigit() and int(_omp) > 0 and "numba" not in sys.modules:  # numba reads it at import
-    os.environ.setdefault("NUMBA_NUM_THREADS", _omp)
+if "numba" not in sys.modules and (_limit := cpu_threads()) is not None:  # read at its import
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(_limit))
 
 # Submodules and names are loaded lazily so that `import schelix` (and the CLI's
 # --help) stays fast; torch, scanpy and jax are only imported when used.

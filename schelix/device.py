@@ -10,9 +10,12 @@ __all__ = ["cpu_threads", "limit_cpu_threads", "resolve_device"]
 
 
 def cpu_threads() -> int | None:
-    """The thread limit the user set (``OMP_NUM_THREADS``, a positive integer), else ``None``."""
+    """The thread limit the user set (``OMP_NUM_THREADS``, a positive integer, at most the
+    machine's cores), else ``None``."""
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    if not value.isdigit() or int(value) < 1:
+        return None
+    return min(int(value), os.cpu_count() or 1)
 
 
 def limit_cpu_threads() -> None:
