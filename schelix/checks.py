@@ -56,6 +56,7 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "graph_dim": (1, math.inf, True),
     "refine_tokens": (1, math.inf, True),
     "decoder_hidden": (1, math.inf, True),
+    "decoder_hidden_small": (1, math.inf, True),
     "fusion_rank": (1, math.inf, True),
     "n_prototypes": (1, math.inf, True),
     "max_epochs": (1, math.inf, True),

@@ -64,7 +64,20 @@ class SCHelixConfig:
     linear_encoder: bool = _f(
         False, "Ablation S6: linear encoder instead of graph diffusion.", "ablation"
     )
-    decoder_hidden: int = _f(128, "Hidden width of the reconstruction decoders.")
+    # 256 (was 128; benchmarks/EXPERIMENTS.md, "Issue 17, session 23"): wider decoders explain
+    # more of each batch's expression from the batch input, so the embeddings mix the batches
+    # better (ASW_batch up on all four benchmark tasks); pbmc_3chem +0.010 over five seeds (no
+    # T/NK split), the other tasks level. On 300 cells it cost pbmc_3chem 0.06 (the decoders
+    # fit the few cells instead of shaping the embedding), hence decoder_hidden_small below
+    # the step floor.
+    decoder_hidden: int = _f(
+        256, "Hidden width of the reconstruction decoders (runs of at least min_steps steps)."
+    )
+    decoder_hidden_small: int = _f(
+        128,
+        "Largest decoder width on runs shorter than min_steps steps (small data, below about "
+        "770 cells with the defaults): such runs use min(decoder_hidden, decoder_hidden_small).",
+    )
     decoder_batch_conditioning: bool = _f(
         True,
         "Give the decoders the batch (one-hot), so embeddings need not carry it to reconstruct.",

@@ -46,7 +46,7 @@ from torch import nn
 
 from schelix.config import SCHelixConfig
 from schelix.model import SCHelix
-from schelix.train import embed_all, fit, schedule
+from schelix.train import embed_all, fit, schedule, sized_for_run
 
 __all__ = ["integrate_distributed", "main", "rank_world", "shard_rows"]
 
@@ -241,6 +241,7 @@ def integrate_distributed(
         if world > 1:
             dist.broadcast_object_list(box, src=0)
         plan = box[0]
+        cfg = sized_for_run(cfg, plan["steps"])  # the decoder width of the global run
         model, rows, stages = _train_shard(plan, config=cfg, seed=seed, device=dev)
         spread = _weights_spread(model.module)
         everything = _gather(rows, stages, plan["n_cells"])

@@ -21,7 +21,7 @@ from schelix.gate import VariantGate
 from schelix.module.network import STAGES, SCHelixModule
 from schelix.obs import require_column
 from schelix.reference import write_reference
-from schelix.train import Callback, TrainData, TrainState, embed_all, fit, schedule
+from schelix.train import Callback, TrainData, TrainState, embed_all, fit, schedule, sized_for_run
 
 __all__ = ["SCHelix"]
 
@@ -181,6 +181,8 @@ class SCHelix:
         self.device = resolve_device(device)
         if self.module is None:
             self.seed = seed
+            total = schedule(self.adata.n_obs, self.config, max_steps)[0]
+            self.config = sized_for_run(self.config, total)  # small data: narrower decoders
             torch.manual_seed(seed)
             self.gate = data_step.fit_gate(self.adata, self.config, seed=seed)  # once, kept
             self._data = self._prepare()

@@ -134,6 +134,25 @@ def warm_starts_fusion(total: int, config: SCHelixConfig) -> bool:
     return config.fusion_warm_start and total >= config.min_steps
 
 
+def decoder_width(total: int, config: SCHelixConfig) -> int:
+    """Hidden width of the decoders of a ``total``-step run.
+
+    ``config.decoder_hidden`` from the step floor up (the runs that also get the fusion warm
+    start, :func:`warm_starts_fusion`); shorter runs (small data) use at most
+    ``config.decoder_hidden_small``: wide decoders fit the few cells themselves instead of
+    shaping the embedding (benchmarks/EXPERIMENTS.md, "Issue 17, session 23").
+    """
+    if total >= config.min_steps:
+        return config.decoder_hidden
+    return min(config.decoder_hidden, config.decoder_hidden_small)
+
+
+def sized_for_run(config: SCHelixConfig, total: int) -> SCHelixConfig:
+    """``config`` with the decoder width this ``total``-step run uses (:func:`decoder_width`),
+    so that the recorded and saved settings are the ones the network was built with."""
+    return config.replace(decoder_hidden=decoder_width(total, config))
+
+
 def _mix(data: TrainData, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     xv, xi = data.x_variant[idx], data.x_anchor[idx]
     labels = data.labels[idx] if data.labels is not None else None

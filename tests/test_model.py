@@ -165,6 +165,19 @@ def test_the_warm_start_is_recorded_and_fits_the_fused_reconstruction_in_the_war
     assert (phase == "warmup").any() and np.isfinite(rec_fused[phase == "warmup"]).all()
 
 
+def test_the_decoder_width_follows_the_run_and_is_saved(adata_split, tmp_path):
+    short = _model(adata_split).train(max_steps=20)  # below the step floor: narrow decoders
+    assert short.config.decoder_hidden == 128 and short.module.dec_fused.net[0].out_features == 128
+    model = _model(adata_split, min_steps=20).train(max_steps=20)  # reaches the floor
+    assert model.config.decoder_hidden == 256 and model.module.dec_fused.net[0].out_features == 256
+    model.save(tmp_path / "m")
+    loaded = SCHelix.load(tmp_path / "m", adata_split)
+    assert loaded.module.dec_variant.net[0].out_features == 256
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(), model.get_latent_representation(), atol=1e-5
+    )
+
+
 def test_semi_supervised_head_uses_only_labelled_cells(adata_split):
     adata_split.obs["cell_type"] = adata_split.obs["cell_type"].astype(str)
     adata_split.obs.loc[adata_split.obs_names[::2], "cell_type"] = "unlabelled"

@@ -5,6 +5,9 @@ session 11 when the default ``n_prototypes`` became 48 (the old values reproduce
 ``n_prototypes=24``). Session 21 added the fusion warm start (on from the step floor up): the
 first pin turns it off explicitly (as its 60 steps, below the default floor, would) and is
 unchanged; the second turns it on with ``min_steps=60`` and so pins the warm-start path.
+Session 23 widened the decoders (256) on runs that reach the step floor: the first pin (below the
+floor) is unchanged, the second keeps its values with ``decoder_hidden=128`` given explicitly,
+and the third pins the default width at the floor.
 
 Nothing here depends on ``preprocess()`` defaults or the default step schedule: the data are
 normalized by hand and every schedule setting is explicit.
@@ -28,6 +31,16 @@ PINNED_WARM_FIRST = [
     0.25497812032699585,
 ]
 PINNED_WARM_LAST = [-1.9156783819198608, 2.202404737472534, -1.5605270862579346, 0.8996445536613464]
+
+PINNED_WIDE_SUM = 2.907405479956651
+PINNED_WIDE_ABS_SUM = 3964.1078817456437
+PINNED_WIDE_FIRST = [0.6899679899215698, -0.8794081807136536, 0.483965665102005, 0.9564024806022644]
+PINNED_WIDE_LAST = [
+    -1.432550311088562,
+    1.7095187902450562,
+    -0.6925392150878906,
+    -0.09069862961769104,
+]
 
 #: schedule fields given explicitly: 60 steps, warm-up 20, mini-batches of 64
 SCHEDULE = dict(max_steps=60, max_epochs=1000, warmup_steps=20, batch_size=64)
@@ -61,8 +74,17 @@ def test_same_seed_same_cpu_embedding():
 
 
 def test_same_seed_same_cpu_embedding_with_the_fusion_warm_start():
-    z = _fused_embedding(fusion_warm_start=True, min_steps=60)  # reaches the floor: warm start
+    # reaches the floor: warm start; the decoders at their width before session 23
+    z = _fused_embedding(fusion_warm_start=True, min_steps=60, decoder_hidden=128)
     np.testing.assert_allclose(z.sum(), PINNED_WARM_SUM, atol=1e-5)
     np.testing.assert_allclose(np.abs(z).sum(), PINNED_WARM_ABS_SUM, rtol=1e-6)
     np.testing.assert_allclose(z[0, :4], PINNED_WARM_FIRST, atol=1e-5)
     np.testing.assert_allclose(z[-1, :4], PINNED_WARM_LAST, atol=1e-5)
+
+
+def test_same_seed_same_cpu_embedding_with_the_wide_decoders():
+    z = _fused_embedding(min_steps=60)  # reaches the floor: warm start and 256-wide decoders
+    np.testing.assert_allclose(z.sum(), PINNED_WIDE_SUM, atol=1e-5)
+    np.testing.assert_allclose(np.abs(z).sum(), PINNED_WIDE_ABS_SUM, rtol=1e-6)
+    np.testing.assert_allclose(z[0, :4], PINNED_WIDE_FIRST, atol=1e-5)
+    np.testing.assert_allclose(z[-1, :4], PINNED_WIDE_LAST, atol=1e-5)

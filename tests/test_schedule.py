@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schelix.config import SCHelixConfig
-from schelix.train import schedule, warm_starts_fusion
+from schelix.train import decoder_width, schedule, sized_for_run, warm_starts_fusion
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,15 @@ def test_fusion_warm_start_only_from_the_step_floor_up(n_cells, warm):
     off = cfg.replace(fusion_warm_start=False)
     assert not warm_starts_fusion(schedule(n_cells, off)[0], off)
     assert not warm_starts_fusion(schedule(n_cells, cfg, max_steps=500)[0], cfg)  # a short run
+
+
+@pytest.mark.parametrize(("n_cells", "width"), [(300, 128), (768, 128), (769, 256), (14_000, 256)])
+def test_decoders_are_wide_only_from_the_step_floor_up(n_cells, width):
+    cfg = SCHelixConfig()
+    assert decoder_width(schedule(n_cells, cfg)[0], cfg) == width
+    assert sized_for_run(cfg, schedule(n_cells, cfg)[0]).decoder_hidden == width
+    assert decoder_width(schedule(n_cells, cfg, max_steps=500)[0], cfg) == 128  # a short run
+    narrow = cfg.replace(decoder_hidden=64)  # a width the user chose holds on small data too
+    assert decoder_width(500, narrow) == 64 and decoder_width(2_000, narrow) == 64
+    wide = cfg.replace(decoder_hidden_small=256)
+    assert decoder_width(500, wide) == 256
