@@ -55,8 +55,11 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "latent_dim": (1, math.inf, True),
     "graph_dim": (1, math.inf, True),
     "refine_tokens": (1, math.inf, True),
-    "decoder_hidden": (1, math.inf, True),
-    "decoder_hidden_small": (1, math.inf, True),
+    # a width sets the decoders' memory (width x genes weights, three decoders): bounded, so a
+    # setting cannot exhaust a shared machine's memory (4,096 wide at 2,000 HVGs: 17.3 M weights,
+    # 0.28 GB with their gradients and AdamW state; the default 256: 1.7 M)
+    "decoder_hidden": (1, 4096, True),
+    "decoder_hidden_small": (1, 4096, True),
     "fusion_rank": (1, math.inf, True),
     "n_prototypes": (1, math.inf, True),
     "max_epochs": (1, math.inf, True),

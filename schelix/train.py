@@ -23,6 +23,10 @@ __all__ = [
     "TrainData",
     "TrainState",
     "schedule",
+    "reaches_step_floor",
+    "warm_starts_fusion",
+    "decoder_width",
+    "sized_for_run",
     "fit",
     "embed_all",
 ]
@@ -123,6 +127,13 @@ def schedule(n_cells: int, config: SCHelixConfig, max_steps: int | None = None) 
     return total, min(config.warmup_steps, total // 2)
 
 
+def reaches_step_floor(total: int, config: SCHelixConfig) -> bool:
+    """Whether a ``total``-step run reaches the step floor (``config.min_steps``): the boundary
+    between the small-data schedule (below about 770 cells with the defaults) and the rest,
+    where the fusion warm start and the wide decoders apply."""
+    return total >= config.min_steps
+
+
 def warm_starts_fusion(total: int, config: SCHelixConfig) -> bool:
     """Whether the warm-up of a ``total``-step run also fits the fusion path (warm start).
 
@@ -131,7 +142,7 @@ def warm_starts_fusion(total: int, config: SCHelixConfig) -> bool:
     still unstructured at the switch, and the large first gradients of a random fusion path
     are what structures them (benchmarks/EXPERIMENTS.md, "Issue 17, session 21").
     """
-    return config.fusion_warm_start and total >= config.min_steps
+    return config.fusion_warm_start and reaches_step_floor(total, config)
 
 
 def decoder_width(total: int, config: SCHelixConfig) -> int:
@@ -142,7 +153,7 @@ def decoder_width(total: int, config: SCHelixConfig) -> int:
     ``config.decoder_hidden_small``: wide decoders fit the few cells themselves instead of
     shaping the embedding (benchmarks/EXPERIMENTS.md, "Issue 17, session 23").
     """
-    if total >= config.min_steps:
+    if reaches_step_floor(total, config):
         return config.decoder_hidden
     return min(config.decoder_hidden, config.decoder_hidden_small)
 

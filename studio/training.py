@@ -31,9 +31,11 @@ __all__ = [
 
 #: Device choice shown in the app -> value passed to the package (one wording on every page).
 DEVICES = {"auto": "auto", "GPU": "cuda", "CPU": "cpu"}
-#: Training steps per second on two CPU cores (benchmarks/SPEED_RESULTS.md: 3,300 steps of the
-#: default model in 62.8 s on Kang). Used only until this workspace has a run of its own.
-CPU_STEPS_PER_S = 50.0
+#: Training steps per second on two CPU cores, the default model (benchmarks/SPEED_RESULTS.md,
+#: session 23: 1,000 steps in 40.8 s on pbmc_3chem, 2,000 in 67.5 s on Kang; the slower of the
+#: two, so that the first estimate is not too short). Used only until this workspace has a run
+#: of its own.
+CPU_STEPS_PER_S = 25.0
 #: Seconds per UMAP per 1,000 cells on two CPU cores (the demo: 15 UMAPs of 2,000 cells, ~85 s).
 CPU_UMAP_S_PER_1K = 2.8
 
