@@ -52,21 +52,30 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "conn_temperature": (0.0, math.inf, False),
     "refine_temperature": (0.0, math.inf, False),
     "mnn_temperature": (0.0, math.inf, False),
-    "latent_dim": (1, math.inf, True),
-    "graph_dim": (1, math.inf, True),
-    "refine_tokens": (1, math.inf, True),
-    # a width sets the decoders' memory (width x genes weights, three decoders): bounded, so a
-    # setting cannot exhaust a shared machine's memory (4,096 wide at 2,000 HVGs: 17.3 M weights,
-    # 0.28 GB with their gradients and AdamW state; the default 256: 1.7 M)
+    # every size that sets memory is bounded above, so that no setting can exhaust a shared
+    # machine's memory or crash with an allocation traceback. Measured at 2,000 HVGs:
+    # latent_dim 1,024 builds 41 M weights (0.66 GB with their gradients and AdamW state; the
+    # default 16: 1.7 M), with fusion_rank 64 as well 71 M (1.1 GB); decoder_hidden 4,096:
+    # 17.3 M (0.28 GB). mixup_k and mnn_k size the neighbour tables (cells x k), batch_size
+    # the dense rows of a step, graph_top_k the sparse gene graph, n_scales its diffusion.
+    "latent_dim": (1, 1024, True),
+    "graph_dim": (1, 1024, True),
+    "refine_tokens": (1, 1024, True),
     "decoder_hidden": (1, 4096, True),
     "decoder_hidden_small": (1, 4096, True),
-    "fusion_rank": (1, math.inf, True),
-    "n_prototypes": (1, math.inf, True),
+    "fusion_rank": (1, 64, True),
+    "n_prototypes": (1, 4096, True),
+    "mixup_k": (1, 1000, True),
+    "mnn_k": (1, 500, True),
+    "batch_size": (1, 16384, True),
+    "graph_top_k": (1, 512, True),
+    "n_scales": (1, 10, True),
+    "graph_rebuild_every": (1, math.inf, True),
+    "max_steps": (1, math.inf, True),
     "max_epochs": (1, math.inf, True),
     "min_steps": (0, math.inf, True),
+    "min_steps_epochs": (0, math.inf, True),
     "warmup_steps": (0, math.inf, True),
-    "mixup_k": (1, math.inf, True),
-    "mnn_k": (1, math.inf, True),
     "gate_min_cells": (1, math.inf, True),
     "snapshot_every": (0, math.inf, True),
     "triplet_margin": (0.0, math.inf, True),
@@ -147,11 +156,16 @@ def check_seed(seed: Any) -> None:
         )
 
 
+#: The most highly variable genes a run takes: the learnable gene graph scores every gene
+#: pair (a dense genes x genes matrix and its gradient), 0.4 GB each at 10,000 genes.
+MAX_TOP_GENES = 10_000
+
+
 def check_n_top_genes(n: Any) -> None:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_TOP_GENES:
         raise SchelixError(
-            f"The number of highly variable genes must be >= 1, got {n!r}",
-            "leave --n-top-genes out (2,000) or give a positive number, e.g. 2000",
+            f"The number of highly variable genes must be from 1 to {MAX_TOP_GENES:,}, got {n!r}",
+            "leave --n-top-genes out (2,000) or give a number in that range, e.g. 2000",
         )
 
 

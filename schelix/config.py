@@ -230,13 +230,6 @@ class SCHelixConfig:
                 f"latent_dim ({self.latent_dim}) must be divisible by refine_tokens ({self.refine_tokens})",
                 "pick values such as 64 and 8",
             )
-        for name in ("batch_size", "max_steps", "graph_top_k", "n_scales", "graph_rebuild_every",
-                     "max_epochs"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise SchelixError(
-                    f"{name} must be >= 1, got {getattr(self, name)}",
-                    f"set {name} to a positive number",
-                )
 
     @property
     def uses_mnn_partners(self) -> bool:
