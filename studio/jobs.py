@@ -304,6 +304,22 @@ def _resolve(kind: str) -> Callable[[JobContext], str]:
     return TASKS[kind]
 
 
+def _start_memory_guard(ctx: JobContext) -> None:
+    """Fail the job, with a message, past the server's memory limit for one job."""
+    from studio import job_memory
+
+    limit = job_memory.limit_bytes()
+    if limit is None:
+        return
+
+    def fail(message: str) -> None:
+        ctx.set_status(status="failed", message=message, finished=time.time())
+
+    threading.Thread(
+        target=job_memory.guard, args=(limit, fail), name="memory-guard", daemon=True
+    ).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: ``python -m studio.jobs <job_dir>``."""
     argv = sys.argv[1:] if argv is None else argv
@@ -311,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = JobContext(path)
     ctx.set_status(status="running", pid=os.getpid(), message="running")
     try:
+        _start_memory_guard(ctx)
         message = _resolve(str(ctx.spec.get("kind", "")))(ctx)
         ctx.set_status(status="finished", message=message, finished=time.time())
         return 0

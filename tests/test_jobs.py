@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from schelix.errors import SchelixError
-from studio import jobs
+from studio import job_memory, jobs
 from studio.workspace import Workspace, list_workspaces
 
 HERE = Path(__file__).resolve().parent
@@ -47,6 +47,16 @@ def crash_task(ctx: jobs.JobContext) -> str:
     ctx.progress(step=0)
     os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
     return "unreachable"
+
+
+@jobs.task("test_hog")
+def hog_task(ctx: jobs.JobContext) -> str:
+    ctx.progress(step=0)
+    held = []
+    for _ in range(48):  # up to 3 GB, 64 MB at a time (bytearray touches every page)
+        held.append(bytearray(64 * 2**20))
+        time.sleep(0.05)
+    return f"held {len(held)} blocks"
 
 
 @jobs.task("test_error")
@@ -107,6 +117,33 @@ def test_a_killed_process_is_reported_as_stopped_not_out_of_memory(
     st = job.wait(timeout=120)
     assert st["status"] == "failed" and "was stopped before it finished" in st["message"]
     assert "SIGKILL" in st["message"] and "memory" not in st["message"]
+
+
+def test_a_job_past_its_memory_limit_stops_with_a_message(
+    tmp_path: Path, on_path: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the server's limit for one job; the hog would reach 3 GB and finish without the guard
+    monkeypatch.setenv("SCHELIX_JOB_MEMORY_GB", "1")
+    job = jobs.start(tmp_path / "job", "test_hog", {})
+    st = job.wait(timeout=120)
+    assert st["status"] == "failed", st
+    assert (
+        "more than 1.0 GB of memory" in st["message"]
+        and "Earlier results are kept" in st["message"]
+    )
+
+
+def test_the_memory_limit_is_a_share_of_the_machine_or_the_servers_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SCHELIX_JOB_MEMORY_GB", raising=False)
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < job_memory.limit_bytes() <= total * job_memory.MEMORY_SHARE
+    monkeypatch.setenv("SCHELIX_JOB_MEMORY_GB", "2.5")
+    assert job_memory.limit_bytes() == int(2.5 * 2**30)
+    monkeypatch.setenv("SCHELIX_JOB_MEMORY_GB", "lots")
+    with pytest.raises(SchelixError, match="SCHELIX_JOB_MEMORY_GB"):
+        job_memory.limit_bytes()
 
 
 def test_a_finished_job_is_reaped_without_asking_its_status(tmp_path: Path, on_path: None) -> None:
