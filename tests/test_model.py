@@ -144,6 +144,20 @@ def test_saved_model_holds_no_pickle(adata_split, tmp_path):
         SCHelix.load(tmp_path / "m", adata_split)
 
 
+def test_a_saved_model_asking_for_a_huge_network_is_refused_before_building_it(
+    adata_split, tmp_path
+):
+    import json
+
+    _model(adata_split).train(max_steps=4).save(tmp_path / "m")
+    config = tmp_path / "m" / "config.json"
+    settings = json.loads(config.read_text())
+    settings["latent_dim"] = 100_000  # 80 GB of encoder weights if it were built
+    config.write_text(json.dumps(settings))
+    with pytest.raises(SchelixError, match=r"latent_dim must be in \[1, 1024\]"):
+        SCHelix.load(tmp_path / "m", adata_split)
+
+
 def test_integrate_writes_documented_slots(adata_split):
     integrate(adata_split, batch_key="batch", max_steps=20, seed=1, **FAST)
     for key in ("X_schelix", "X_schelix_variant", "X_schelix_variant_aligned", "X_schelix_anchor",
