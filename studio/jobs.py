@@ -85,7 +85,7 @@ class JobCancelled(Exception):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # per thread
     tmp.write_text(json.dumps(obj, default=str))
     os.replace(tmp, path)
 
