@@ -8,6 +8,7 @@ the large virtual reservations of CUDA and of thread stacks, which are not memor
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -15,7 +16,10 @@ from pathlib import Path
 
 from schelix.errors import SchelixError
 
-__all__ = ["MEMORY_SHARE", "POLL_S", "guard", "limit_bytes", "over_limit_message"]
+__all__ = [
+    "CGROUP_ROOT", "MEMORY_SHARE", "POLL_S", "guard", "limit_bytes", "over_limit_message",
+    "own_cgroup",
+]  # fmt: skip
 
 #: Share of the machine's memory (or of its cgroup's limit, when smaller) one job may hold.
 MEMORY_SHARE = 0.75
@@ -23,12 +27,48 @@ MEMORY_SHARE = 0.75
 POLL_S = 0.25
 
 
+#: Where the kernel's control groups are mounted.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def own_cgroup() -> Path | None:
+    """This process's memory control-group folder (cgroup v2's, or v1's memory controller's);
+    ``None`` where ``/proc/self/cgroup`` cannot be read. A server under systemd or in a
+    container with a nested group keeps its memory limit and its OOM count there."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, rel = line.split(":", 2)
+            if controllers == "memory":  # v1: the memory controller's own hierarchy
+                return CGROUP_ROOT / "memory" / rel.lstrip("/")
+            if controllers == "":  # v2: one hierarchy
+                return CGROUP_ROOT / rel.lstrip("/")
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _cgroup_limit() -> int | None:
+    """The smallest memory limit of this process's control group and of the mount's root
+    (v2 ``memory.max``, v1 ``memory.limit_in_bytes``); ``None`` where none is set."""
+    own = own_cgroup()
+    caps = []
+    for folder in (own, CGROUP_ROOT, CGROUP_ROOT / "memory") if own else (CGROUP_ROOT,):
+        for name in ("memory.max", "memory.limit_in_bytes"):
+            try:
+                cap = (folder / name).read_text().strip()
+            except OSError:
+                continue
+            if cap.isdigit():  # v2 "max" = no limit (v1 writes a huge number, min() drops it)
+                caps.append(int(cap))
+    return min(caps) if caps else None
+
+
 def limit_bytes() -> int | None:
     """Bytes one job may keep resident.
 
     ``SCHELIX_JOB_MEMORY_GB`` when the server sets it, else :data:`MEMORY_SHARE` of the
-    machine's memory (or of its cgroup's limit, when smaller); ``None`` where neither can be
-    read (no limit).
+    machine's memory (or of its control group's limit, when smaller); ``None`` where neither
+    can be read (no limit).
     """
     env = os.environ.get("SCHELIX_JOB_MEMORY_GB", "").strip()
     if env:
@@ -36,7 +76,7 @@ def limit_bytes() -> int | None:
             gb = float(env)
         except ValueError:
             gb = float("nan")
-        if not gb > 0:
+        if not (math.isfinite(gb) and gb > 0):
             raise SchelixError(
                 f"SCHELIX_JOB_MEMORY_GB is {env!r}",
                 "set it to the gigabytes one job may use, e.g. SCHELIX_JOB_MEMORY_GB=16",
@@ -46,12 +86,8 @@ def limit_bytes() -> int | None:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
-    try:
-        cap = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        total = min(total, int(cap)) if cap.isdigit() else total
-    except OSError:
-        pass
-    return int(total * MEMORY_SHARE)
+    cap = _cgroup_limit()
+    return int(min(total, cap if cap is not None else total) * MEMORY_SHARE)
 
 
 def resident_bytes() -> int | None:

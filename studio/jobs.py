@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from schelix.errors import SchelixError
+from studio import job_memory
 
 __all__ = ["TASKS", "Job", "JobCancelled", "JobContext", "find", "main", "start", "task"]
 
@@ -36,17 +37,12 @@ _PROCS: dict[int, subprocess.Popen] = {}  # children of this process (so they ge
 
 def _oom_kills() -> int | None:
     """How many processes the kernel's out-of-memory killer has ended in this cgroup (or None)."""
-    try:
-        rel = next(
-            line.split(":", 2)[2]
-            for line in Path("/proc/self/cgroup").read_text().splitlines()
-            if line.split(":", 2)[1] in ("", "memory")
-        )
-    except (OSError, StopIteration, IndexError):
+    own = job_memory.own_cgroup()
+    if own is None:
         return None
-    for path in (Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.events",
-                 Path("/sys/fs/cgroup/memory.events"),
-                 Path("/sys/fs/cgroup/memory/memory.oom_control")):  # fmt: skip
+    root = job_memory.CGROUP_ROOT
+    for path in (own / "memory.events", own / "memory.oom_control", root / "memory.events",
+                 root / "memory" / "memory.oom_control"):  # fmt: skip
         try:
             for line in path.read_text().splitlines():
                 if line.startswith("oom_kill "):
@@ -306,8 +302,6 @@ def _resolve(kind: str) -> Callable[[JobContext], str]:
 
 def _start_memory_guard(ctx: JobContext) -> None:
     """Fail the job, with a message, past the server's memory limit for one job."""
-    from studio import job_memory
-
     limit = job_memory.limit_bytes()
     if limit is None:
         return

@@ -141,9 +141,24 @@ def test_the_memory_limit_is_a_share_of_the_machine_or_the_servers_setting(
     assert 0 < job_memory.limit_bytes() <= total * job_memory.MEMORY_SHARE
     monkeypatch.setenv("SCHELIX_JOB_MEMORY_GB", "2.5")
     assert job_memory.limit_bytes() == int(2.5 * 2**30)
-    monkeypatch.setenv("SCHELIX_JOB_MEMORY_GB", "lots")
-    with pytest.raises(SchelixError, match="SCHELIX_JOB_MEMORY_GB"):
-        job_memory.limit_bytes()
+    for bad in ("lots", "inf", "-1"):
+        monkeypatch.setenv("SCHELIX_JOB_MEMORY_GB", bad)
+        with pytest.raises(SchelixError, match="SCHELIX_JOB_MEMORY_GB"):
+            job_memory.limit_bytes()
+
+
+def test_the_memory_limit_follows_the_servers_control_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a server under systemd: the limit sits on its own group, not on the mount's root
+    own = tmp_path / "system.slice" / "schelix.service"
+    own.mkdir(parents=True)
+    (own / "memory.max").write_text("1073741824\n")
+    (tmp_path / "memory.max").write_text("max\n")
+    monkeypatch.delenv("SCHELIX_JOB_MEMORY_GB", raising=False)
+    monkeypatch.setattr(job_memory, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(job_memory, "own_cgroup", lambda: own)
+    assert job_memory.limit_bytes() == int(2**30 * job_memory.MEMORY_SHARE)
 
 
 def test_a_finished_job_is_reaped_without_asking_its_status(tmp_path: Path, on_path: None) -> None:
