@@ -45,7 +45,7 @@ UMAP_EXACT_BELOW = 4096
 
 
 def _exact_knn(emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | tuple[None, None, None]:
-    """The exact k nearest neighbours (each cell first) that umap-learn uses on small data.
+    """The exact k nearest neighbours (each cell among its own) that umap-learn uses on small data.
 
     Below :data:`UMAP_EXACT_BELOW` cells umap-learn computes every pairwise distance with a
     Python callback per pair (about 4 s at 2,000 cells, most of a small UMAP's time).
