@@ -28,7 +28,8 @@ SETTINGS = dict(n_neighbors=15, min_dist=0.5, n_epochs=200, random_state=0, n_jo
 def _fit(emb: np.ndarray, exact_knn: bool):
     import umap
 
-    extra = {"precomputed_knn": stages._exact_knn(emb, 15)} if exact_knn else {}
+    k = SETTINGS["n_neighbors"]
+    extra = {"precomputed_knn": stages._exact_knn(emb, k)} if exact_knn else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return umap.UMAP(**SETTINGS, **extra).fit(emb)
@@ -53,7 +54,10 @@ def main() -> None:
             t0 = time.perf_counter()
             fits[exact] = _fit(emb, exact)
             times[exact].append(time.perf_counter() - t0)
-        trust = [trustworthiness(emb, fits[e].embedding_, n_neighbors=15) for e in (False, True)]
+        trust = [
+            trustworthiness(emb, fits[e].embedding_, n_neighbors=SETTINGS["n_neighbors"])
+            for e in (False, True)
+        ]
         graph = abs(fits[False].graph_.tocsr() - fits[True].graph_.tocsr()).max()
         print(
             f"  {key:28s} {times[False][-1]:5.2f} / {times[True][-1]:5.2f} s; trustworthiness "

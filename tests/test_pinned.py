@@ -10,7 +10,7 @@ Session 28 re-pinned all three, with the code unchanged, after finding why CI ha
 numbers depend on the CPU the suite runs on. OpenBLAS (inside numpy and scipy) picks its kernels
 by CPU: on an AVX-512 machine the old pins reproduce, and ``OPENBLAS_CORETYPE=Haswell`` on the
 same machine gives CI's values to within 4e-6 (a 0.4 % move of the sum after 60 training steps, from
-round-off in the set-up amplified by training). So the embedding is now computed in a child
+round-off in what numpy and scipy compute, amplified by training). So the embedding is now computed in a child
 process whose numerical kernels are fixed to ones every x86-64 machine with AVX2 can run:
 OpenBLAS's Haswell kernels, PyTorch's AVX2 kernels, MKL's vendor-neutral path and oneDNN capped
 at AVX2, one thread each. The child checks that OpenBLAS and PyTorch took those settings.
