@@ -113,8 +113,8 @@ def split_genes(found: list[str]) -> None:
     in_use = anchors.quadrant(table["z_dom"], table["z_str"], tau_dom=applied.get("tau_dom", 0.0),
                               tau_str=applied.get("tau_str", 0.0))  # fmt: skip
     fig = quadrant.chart(table, in_use, tau_dom=tau_dom, tau_str=tau_str, highlight=marked)
-    st.altair_chart(fig, key="quadrant", on_select="rerun", selection_mode=quadrant.PICK,
-                    width="stretch")  # fmt: skip
+    st.vega_lite_chart(spec=fig, key="quadrant", on_select="rerun",
+                       selection_mode=quadrant.PICK, width="stretch")  # fmt: skip
     st.caption(
         "Points are coloured by the split in use (the paper's default lines until you choose "
         "one); the dashed lines, the shaded anchor quadrant and the counts above follow the "
