@@ -11,6 +11,8 @@ Usage (from the repository root)::
 
 ``--floors 0 500 1000`` instead runs scHelix once per value of ``min_steps`` (``--set
 min_steps=F``; 0 = the epoch rule alone), to choose the step floor (EXPERIMENTS.md).
+``--set KEY=VALUE`` (repeatable) passes a setting to every scHelix run, to screen a candidate
+default against the default's rows of an earlier run.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", nargs="+", type=int, default=[300, 1000])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--floors", nargs="+", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting passed to every scHelix run (schelix run --set)")  # fmt: skip
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="benchmarks/results/small_data.csv")
     p.add_argument("--combine", nargs="+", default=None, metavar="CSV",
@@ -65,10 +69,13 @@ def main(argv: list[str] | None = None) -> None:
                 with tempfile.TemporaryDirectory(prefix="schelix_small_") as tmp:
                     path = Path(tmp) / f"{name}_{n}_{seed}.h5ad"
                     subsample(full, n, batch_key, seed).write_h5ad(path)
+                    common = [a for kv in args.set for a in ("--set", kv)]
                     runs = (
-                        {"schelix": []}
+                        {"schelix": common}
                         if args.floors is None
-                        else {f"floor {f}": ["--set", f"min_steps={f}"] for f in args.floors}
+                        else {
+                            f"floor {f}": [*common, "--set", f"min_steps={f}"] for f in args.floors
+                        }
                     )
                     for i, (method, extra) in enumerate(runs.items()):
                         adata, secs = user_run(path, batch_key, label_key, seed, extra=extra,

@@ -20,15 +20,19 @@ def free_port() -> int:
 
 
 def start(
-    env: dict[str, str], log: IO[bytes] | int = subprocess.DEVNULL
+    env: dict[str, str],
+    log: IO[bytes] | int = subprocess.DEVNULL,
+    *,
+    script: Path = ROOT / "app.py",
 ) -> tuple[subprocess.Popen, str]:
-    """``streamlit run app.py`` headless on 127.0.0.1; returns the process and its URL once healthy.
+    """``streamlit run SCRIPT`` (the app by default) headless on 127.0.0.1; returns the process
+    and its URL once healthy.
 
     Raises ``RuntimeError`` when the app does not answer its health check within a minute.
     """
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port",
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port",
          str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
          "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -227,13 +228,15 @@ _ROWS = """() => {
 }"""
 
 
-def _quadrant_latency(page) -> None:
-    """Slider key press -> counts and lines redrawn, timed in the browser (printed with the load).
+def _quadrant_latency(page) -> tuple[list[float], float]:
+    """Slider key press -> counts and lines redrawn, timed in the browser; ``(times, burst)``.
 
-    Ten single presses (each waits until the chart's canvas changes where the line crosses it:
-    the new line came back from the server and is drawn), then fourteen quick presses (time
-    until the page settles). The issue's target is a median under 250 ms; on a loaded machine
-    the bound grows with the load average per core, so the assertion stays meaningful.
+    Ten single presses, each waiting until the chart's canvas changes where the line crosses
+    it (the new line came back from the server and is drawn; a press that never redraws fails
+    on the 30 s timeout), then fourteen quick presses (seconds until the page settles). Prints
+    the median with the load average. The speed target (a median under 250 ms) is checked by
+    ``benchmarks/quadrant_browser.py`` against Streamlit's own round trip, not here: a timed
+    assertion in the suite fails on a slow or busy machine, not on slow code.
     """
     slider = page.get_by_role("slider").first
     slider.focus()
@@ -256,9 +259,8 @@ def _quadrant_latency(page) -> None:
         page.keyboard.press("ArrowRight")
     _settle(page)
     burst = time.perf_counter() - t0 - 1.0  # _settle waits one quiet second
-    median = sorted(times)[len(times) // 2]
+    median = statistics.median(times)
     load = os.getloadavg()
-    per_core = load[0] / (os.cpu_count() or 1)
     print(
         f"\nquadrant latency: median {median * 1000:.0f} ms, max {max(times) * 1000:.0f} ms over "
         f"10 presses; 14 quick presses settle in {burst:.2f} s; load average {load[0]:.1f} / "
@@ -269,6 +271,4 @@ def _quadrant_latency(page) -> None:
         f"median_ms={median * 1000:.0f} max_ms={max(times) * 1000:.0f} burst_s={burst:.2f} "
         f"load1={load[0]:.2f} cores={os.cpu_count()}\n"
     )
-    # The issue's target: a median under 250 ms. Held on a quiet machine; on a loaded one the
-    # bound grows with the load per core (the plotly chart this replaced took 450-940 ms).
-    assert median < 0.25 * max(1.0, per_core), (times, load)
+    return times, burst
