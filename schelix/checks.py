@@ -68,6 +68,7 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
     "mixup_k": (1, 1000, True),
     "mnn_k": (1, 500, True),
     "batch_size": (1, 16384, True),
+    "schedule_batch_size": (1, math.inf, True),
     "graph_top_k": (1, 512, True),
     "n_scales": (1, 10, True),
     "graph_rebuild_every": (1, math.inf, True),

@@ -117,10 +117,11 @@ def schedule(n_cells: int, config: SCHelixConfig, max_steps: int | None = None) 
     Total = min(max_steps, max(max_epochs epochs, floor)) with floor = min(min_steps,
     min_steps_epochs epochs): large data stops at the step cap (2,000), small data gets
     at least 1,000 steps or 250 epochs, whichever is fewer (300 cells: 500 steps; 1,000
-    cells: 1,000). Warm-up = min(warmup_steps, total // 2) so that the fusion phase is
+    cells: 1,000). An epoch here is ``ceil(n_cells / schedule_batch_size)`` steps, whatever
+    the mini-batch. Warm-up = min(warmup_steps, total // 2) so that the fusion phase is
     never starved on small data.
     """
-    per_epoch = math.ceil(n_cells / config.batch_size)
+    per_epoch = math.ceil(n_cells / config.schedule_batch_size)
     floor = min(config.min_steps, config.min_steps_epochs * per_epoch)
     total = min(max_steps or config.max_steps, max(config.max_epochs * per_epoch, floor))
     total = max(total, 1)

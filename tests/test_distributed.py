@@ -40,10 +40,11 @@ def _run(args: list[str], tmp_path, name: str) -> ad.AnnData:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
 def test_two_process_ddp_matches_one_process(tmp_path):
-    """Same data, same global batch (256 = 2 x 128), same steps: the weights stay identical on
-    both ranks, every cell is embedded once, and DDP loses no quality against the one-process
-    run (Overall and cell-type ARI at least the one-process run's minus 0.05: shards draw their
-    own mini-batches, MixUp and MNN partners, so the runs agree in quality, not to the bit).
+    """Same data, same global batch (the default 128 = 2 x 64), same steps: the weights stay
+    identical on both ranks, every cell is embedded once, and DDP loses no quality against the
+    one-process run (Overall and cell-type ARI at least the one-process run's minus 0.05: shards
+    draw their own mini-batches, MixUp and MNN partners, so the runs agree in quality, not to
+    the bit).
     One-sided on purpose: at 150 steps on these 900 cells, one-process runs with seeds 0-2
     already spread over 0.75-0.84 Overall and 0.82-0.94 ARI (48 prototypes; 0.75-0.77 and
     0.82-0.91 with 24), so a DDP run, which draws its own mini-batches like another seed, may

@@ -26,6 +26,17 @@ def test_schedule_floor_and_cap(n_cells, total):
     assert steps == total and warmup == min(3000, total // 2)
 
 
+@pytest.mark.parametrize("n_cells", [100, 300, 1_000, 5_000, 14_000])
+def test_schedule_does_not_depend_on_the_mini_batch(n_cells):
+    """Epochs are counted in schedule_batch_size-cell steps: the mini-batch changes what one
+    step sees, not how many steps a run takes."""
+    cfg = SCHelixConfig()
+    assert cfg.batch_size < cfg.schedule_batch_size
+    for batch_size in (32, cfg.batch_size, 256, 1024):
+        assert schedule(n_cells, cfg.replace(batch_size=batch_size)) == schedule(n_cells, cfg)
+    assert schedule(5_000, cfg.replace(schedule_batch_size=128))[0] == 2_000  # 60 x 40 steps
+
+
 def test_schedule_explicit_steps_and_settings():
     assert schedule(300, SCHelixConfig(), max_steps=40) == (40, 20)  # an explicit cap wins
     assert schedule(300, SCHelixConfig(min_steps=0))[0] == 120  # floor off: 60 epochs
