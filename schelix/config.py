@@ -192,7 +192,9 @@ class SCHelixConfig:
         "Upper bound on training steps (default: 2000 or 60 epochs, whichever is fewer).",
         "training",
     )
-    max_epochs: int = _f(60, "Upper bound on epochs.", "training")
+    max_epochs: int = _f(
+        60, "Upper bound on epochs (an epoch: n_cells / schedule_batch_size steps).", "training"
+    )
     # The floor: measured on stratified 300- and 1,000-cell subsamples of the three benchmark
     # datasets (benchmarks/EXPERIMENTS.md, "A schedule that fits the data size"). 60 epochs
     # are 120-240 steps there, too few; 1,000 steps helped at 1,000 cells but over-trained
