@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from schelix import jit_cache
 from schelix.config import ABLATIONS
 from schelix.errors import SchelixError, SchelixWarning
 
@@ -244,6 +245,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any]:
         **_qc_options(args),
     )  # fmt: skip
     print_qc(adata)
+    jit_cache.enable()  # the input is good: load the neighbour search and UMAP (numba's cache)
     return adata, config
 
 
@@ -307,6 +309,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     ]
     if not keys:
         raise SchelixError(f"{args.input} holds no embeddings in obsm", "run `schelix run` first")
+    jit_cache.enable()
     table = schelix.evaluate.evaluate(
         adata, keys, batch_key=args.batch_key, label_key=args.label_key, seed=args.seed
     )
@@ -332,6 +335,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     checks.check_data(adata, batch_key=args.batch_key)
     adata = schelix.pp.preprocess(adata, batch_key=args.batch_key, copy=False, **_qc_options(args))
     print_qc(adata)
+    jit_cache.enable()
     table = compare(
         adata, batch_key=args.batch_key, label_key=args.label_key, methods=tuple(args.methods),
         seeds=tuple(args.seeds), device=args.device,

@@ -46,7 +46,7 @@ def add_map_parser(sub: Any) -> None:
 def cmd_map(args: argparse.Namespace) -> int:
     """Run ``schelix map``; every input problem is a :class:`~schelix.errors.SchelixError`."""
     import schelix
-    from schelix import checks
+    from schelix import checks, jit_cache
     from schelix.combine import read_many
     from schelix.errors import SchelixError
     from schelix.mapping import load_reference, map_query, prepare_query
@@ -73,6 +73,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         max_mito_pct=args.max_mito_pct,
     )  # fmt: skip
     print(f"query: {query.n_obs:,} cells after QC", file=sys.stderr)
+    jit_cache.enable()
     joint = map_query(
         model, query, batch_key=args.batch_key, transfer=args.transfer_labels,
         adapt_steps=args.adapt_steps, seed=args.seed, uncertainty_threshold=args.uncertainty,

@@ -104,8 +104,9 @@ def _read_query(p: dict[str, Any]) -> tuple[ad.AnnData, str]:
 @task("map")
 def map_task(ctx: JobContext) -> str:
     """Map the uploaded query onto the chosen model; save ``joint.h5ad`` and ``labels.csv``."""
-    from schelix import mapping, stages
+    from schelix import jit_cache, mapping, stages
 
+    jit_cache.enable()
     p = ctx.params
     ws = Workspace(Path(p["workspace"]))
     ctx.set_status(message="loading the model and the query")

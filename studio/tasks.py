@@ -38,10 +38,11 @@ def train_task(ctx: JobContext) -> str:
     """Train scHelix on the workspace's anchor step; save ``train.h5ad`` (+ UMAPs) and the model."""
     import shutil
 
-    from schelix import pipeline, stages
+    from schelix import jit_cache, pipeline, stages
     from schelix.device import resolve_device
     from schelix.train import Callback
 
+    jit_cache.enable()
     p, ws = ctx.params, _workspace(ctx)
     device = resolve_device(p.get("device", "auto"))
     ctx.set_status(device=device, message="loading the data")
@@ -95,11 +96,12 @@ def train_task(ctx: JobContext) -> str:
 @task("metrics")
 def metrics_task(ctx: JobContext) -> str:
     """Run the chosen peer methods, then score every embedding; save ``metrics.h5ad`` + CSVs."""
-    from schelix import benchmarker, display, evaluate, stages
+    from schelix import benchmarker, display, evaluate, jit_cache, stages
     from schelix.batch_mixing import batch_mixing_by_label
     from schelix.errors import SchelixError
     from schelix.methods import get_method, run_method
 
+    jit_cache.enable()
     p, ws = ctx.params, _workspace(ctx)
     adata = ws.load_adata("train")
     batch_key, label_key, seed = p["batch_key"], p.get("label_key"), int(p.get("seed", 0))
